@@ -1,0 +1,93 @@
+"""python -m export (--pretrained [NAME] | --nemo PATH | --config NAME|PATH) [options]
+
+Turns a NeMo CTC model into one verified ONNX graph and registers it in the BentoML model store
+($BENTOML_HOME). Prints the store tag as its last line; exits non-zero (one line on stderr) on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from export.sources import DEFAULT_PRETRAINED
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[1])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pretrained", nargs="?", const=DEFAULT_PRETRAINED, metavar="NAME",
+                        help=f"download through NeMo's from_pretrained (default {DEFAULT_PRETRAINED})")
+    source.add_argument("--nemo", type=Path, metavar="PATH", help="a local .nemo file (EncDecCTCModel[BPE])")
+    source.add_argument("--config", metavar="NAME|PATH",
+                        help="build a random-weight model from a config in export/configs (tiny, medium, ...)")
+    parser.add_argument("--name", help="store name (default: the model's name)")
+    parser.add_argument("--language", help="ISO 639-1 code to record (default: from the model or config)")
+    parser.add_argument("--max-segment-s", type=float,
+                        help="raise the encoder's position table so that segments this long fit")
+    parser.add_argument("--verify-audio", type=Path, nargs="+", default=[],
+                        help="extra audio files for the parity check against NeMo")
+    parser.add_argument("--variants", default="", help="comma-separated: optimized,int8,fp16")
+    parser.add_argument("--output", type=Path, help="also keep the artifact (model.onnx, manifest.json) here")
+    parser.add_argument("--no-register", action="store_true", help="verify and write files only")
+    parser.add_argument("--verbose", action="store_true", help="show NeMo's own logging")
+    return parser.parse_args(argv)
+
+
+def quiet_nemo() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("nemo_logger").setLevel(logging.ERROR)
+    from nemo.utils import logging as nemo_logging
+
+    nemo_logging.setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from export.describe import UnsupportedModel
+    from export.frontend import UnsupportedFrontEnd
+    from export.pipeline import Options, progress, run
+    from export.sources import SourceError, from_config, from_nemo, from_pretrained
+    from export.variants import KINDS
+    from export.verify import ParityError
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in KINDS]
+    if unknown:
+        print(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}", file=sys.stderr)
+        return 2
+    try:
+        progress("loading NeMo")
+        if not args.verbose:
+            quiet_nemo()
+        if args.pretrained:
+            progress(f"downloading {args.pretrained} through NeMo")
+            loaded = from_pretrained(args.pretrained, args.language)
+        elif args.nemo:
+            progress(f"restoring {args.nemo}")
+            loaded = from_nemo(args.nemo, args.language)
+        else:
+            progress(f"building a random-weight model from config {args.config}")
+            loaded = from_config(args.config, args.language)
+        options = Options(
+            name=args.name,
+            max_segment_s=args.max_segment_s,
+            verify_audio=args.verify_audio,
+            variants=variants,
+            workdir=args.output,
+            register=not args.no_register,
+        )
+        manifest, tag, out_dir = run(loaded, options)
+    except (SourceError, ParityError, UnsupportedModel, UnsupportedFrontEnd) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(tag if tag else str(out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""One ONNX graph from waveform to CTC log-probabilities: front end + NeMo encoder + NeMo CTC head."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from export.frontend import LogMelFrontEnd
+
+INPUT_NAMES = ["audio", "audio_lengths"]
+OUTPUT_NAMES = ["logprobs", "logprobs_lengths"]
+OPSET = 17
+
+
+class WaveformToLogProbs(nn.Module):
+    """audio [B, S] float32 (zero-padded), audio_lengths [B] int64 -> logprobs [B, T, V+1], lengths [B]."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.frontend = LogMelFrontEnd(model.preprocessor.featurizer)
+        self.encoder = model.encoder
+        self.decoder = model.decoder
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, feature_lengths = self.frontend(audio, audio_lengths)
+        # forward_for_export skips the length-dependent growth of the positional table (fixed at export).
+        encoded, encoded_lengths = self.encoder.forward_for_export(features, feature_lengths)
+        logprobs = self.decoder(encoder_output=encoded)
+        # NeMo's MaskedConvSequential computes lengths with float `//`, which the TorchScript exporter
+        # writes as a truncating cast: floor(-0.5) becomes 0, so an input with no feature frame would come
+        # out one frame long. Every other length keeps a non-negative numerator and is exact.
+        encoded_lengths = torch.where(feature_lengths == 0, torch.zeros_like(encoded_lengths), encoded_lengths)
+        return logprobs, encoded_lengths.to(torch.int64)
+
+
+def max_encoder_frames(model: Any) -> int | None:
+    """Longest encoder output the relative-position table covers, or None when there is no such limit."""
+    pos_enc = getattr(model.encoder, "pos_enc", None)
+    pe = getattr(pos_enc, "pe", None)
+    if pe is None:
+        return None
+    # extend_pe(L) builds positions L-1 .. -(L-1): 2L - 1 rows.
+    return (int(pe.shape[1]) + 1) // 2
+
+
+@contextlib.contextmanager
+def _nemo_export_mode(model: Any) -> Iterator[None]:
+    """What NeMo's own Exportable does around tracing: no type checks, inference mode, masks as in eval."""
+    from nemo.core.classes.common import typecheck
+
+    typecheck.set_typecheck_enabled(enabled=False)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            yield
+    finally:
+        typecheck.set_typecheck_enabled(enabled=True)
+
+
+def export_onnx(model: Any, path: Path, sample_rate: int) -> None:
+    """Trace the wrapper with the legacy TorchScript exporter (NeMo's own choice for Conformers)."""
+    model.eval()
+    wrapper = WaveformToLogProbs(model).eval()
+    # Two items of different lengths so that no shape or length gets baked in as a constant.
+    n = sample_rate * 2
+    audio = torch.randn(2, n) * 0.1
+    lengths = torch.tensor([n, n * 3 // 4], dtype=torch.int64)
+    with _nemo_export_mode(model):
+        torch.onnx.export(
+            wrapper,
+            (audio, lengths),
+            str(path),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes={
+                "audio": {0: "batch", 1: "samples"},
+                "audio_lengths": {0: "batch"},
+                "logprobs": {0: "batch", 1: "frames"},
+                "logprobs_lengths": {0: "batch"},
+            },
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )

@@ -1,0 +1,153 @@
+"""The export, step by step: graph -> verification against NeMo -> manifest -> (variants) -> store."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from export.describe import max_segment_samples, raise_position_limit, subsampling_factor, vocabulary_and_tokenizer
+from export.frontend import featurizer_facts
+from export.graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx
+from export.sources import LoadedModel
+from export.verify import FP32_TOLERANCE, Clip, check_parity, nemo_reference, verification_clips
+from service.manifest import FrontEndSpec, GraphSpec, Manifest, ParityReport, TensorSpec, Variant
+from service.tokens import Detokenizer
+
+GRAPH_FILE = "model.onnx"
+
+
+@dataclass
+class Options:
+    name: str | None = None
+    max_segment_s: float | None = None
+    verify_audio: Sequence[Path] = ()
+    tolerance: float = FP32_TOLERANCE
+    variants: Sequence[str] = ()
+    workdir: Path | None = None
+    register: bool = True
+    clips: list[Clip] = field(default_factory=list)  # replaces the default verification set (tests)
+
+
+def progress(message: str) -> None:
+    print(f"[export] {message}", file=sys.stderr, flush=True)
+
+
+def ort_runner(path: Path):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(
+        audio: npt.NDArray[np.float32], lengths: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        logprobs, out_lengths = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: audio, INPUT_NAMES[1]: lengths})
+        return logprobs, out_lengths
+
+    return run
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {}
+    for pkg in ("nemo_toolkit", "torch", "onnx", "onnxruntime-gpu", "onnxruntime", "bentoml"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:
+            continue
+    return out
+
+
+def build_manifest(loaded: LoadedModel, name: str, parity: ParityReport, variants: dict[str, Variant]) -> Manifest:
+    model = loaded.model
+    fb = model.preprocessor.featurizer
+    sample_rate = int(fb.sample_rate)
+    vocabulary, blank_id, tokenizer = vocabulary_and_tokenizer(model)
+    factor = subsampling_factor(model)
+    max_samples = max_segment_samples(model)
+    return Manifest(
+        name=name,
+        language=loaded.language,
+        model_class=type(model).__name__,
+        sample_rate=sample_rate,
+        frame_shift_s=fb.hop_length * factor / sample_rate,
+        subsampling_factor=factor,
+        max_segment_s=round(max_samples / sample_rate, 6),
+        max_segment_samples=max_samples,
+        vocabulary=vocabulary,
+        blank_id=blank_id,
+        tokenizer=tokenizer,
+        graph=GraphSpec(
+            file=GRAPH_FILE,
+            inputs=[
+                TensorSpec(name=INPUT_NAMES[0], dtype="float32", shape=["batch", "samples"]),
+                TensorSpec(name=INPUT_NAMES[1], dtype="int64", shape=["batch"]),
+            ],
+            outputs=[
+                TensorSpec(name=OUTPUT_NAMES[0], dtype="float32", shape=["batch", "frames", str(blank_id + 1)]),
+                TensorSpec(name=OUTPUT_NAMES[1], dtype="int64", shape=["batch"]),
+            ],
+            opset=OPSET,
+        ),
+        variants=variants,
+        frontend=FrontEndSpec(**featurizer_facts(fb)),
+        source=loaded.source,
+        versions=versions(),
+        parity=parity,
+    )
+
+
+def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Path]:
+    """Export, verify and (unless told not to) register. Returns the manifest, store tag and output dir."""
+    from export.variants import make_variant
+
+    model = loaded.model
+    name = options.name or loaded.name
+    sample_rate = int(model.preprocessor.featurizer.sample_rate)
+    out_dir = options.workdir or Path(tempfile.mkdtemp(prefix="asr-artifact-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if options.max_segment_s:
+        raise_position_limit(model, options.max_segment_s, sample_rate)
+    started = time.monotonic()
+    progress(f"tracing {type(model).__name__} to ONNX (front end + encoder + CTC head)")
+    export_onnx(model, out_dir / GRAPH_FILE, sample_rate)
+    progress(f"graph written: {(out_dir / GRAPH_FILE).stat().st_size / 1e6:.1f} MB in {time.monotonic() - started:.1f} s")
+
+    clips = options.clips or verification_clips(sample_rate, options.verify_audio)
+    vocabulary, blank_id, tokenizer = vocabulary_and_tokenizer(model)
+    detok = Detokenizer(vocabulary, tokenizer)
+    progress(f"running NeMo transcribe() on {len(clips)} verification clips")
+    reference = nemo_reference(model, clips)
+    progress("comparing the graph with NeMo")
+    parity = check_parity(
+        model, ort_runner(out_dir / GRAPH_FILE), clips, detok, blank_id, sample_rate, options.tolerance, reference
+    )
+    progress(
+        f"parity: tokens {parity.identical_tokens}/{parity.clips}, text {parity.identical_text}/{parity.clips}, "
+        f"max |Δ log-prob| {parity.max_abs_logprob_diff:.2e}, padded batch max |Δ| {parity.batch_max_abs_diff:.2e}"
+    )
+
+    variants: dict[str, Variant] = {}
+    for kind in options.variants:
+        progress(f"making the {kind} variant")
+        variants[kind] = make_variant(kind, out_dir, GRAPH_FILE, model, clips, detok, blank_id, sample_rate, reference)
+        progress(f"{kind}: {variants[kind].note}")
+
+    manifest = build_manifest(loaded, name, parity, variants)
+    manifest.write(out_dir)
+    tag = None
+    if options.register:
+        from export.store import register
+
+        progress("registering in the BentoML model store")
+        tag = register(name, out_dir, manifest)
+    progress(f"done in {time.monotonic() - started:.1f} s")
+    return manifest, tag, out_dir

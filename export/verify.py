@@ -1,0 +1,232 @@
+"""Prove the ONNX graph equal to NeMo before anything is registered.
+
+For every verification clip we compare, against NeMo itself:
+- the greedy CTC token sequence and text of NeMo's own `transcribe()` (batch size 1);
+- the log-probabilities of NeMo's `forward()` on the clip alone, over its valid frames;
+and we run all clips as one zero-padded batch through the graph and compare each item with its run alone.
+
+Tolerance (fp32): 1e-3 on log-probabilities. What we see is ~1e-5: the convolution STFT sums in a different
+order than torch's FFT, and the log amplifies relative error only near the 2^-24 guard. 1e-3 leaves two
+orders of margin while staying far below the gaps that decide a frame's argmax. A frame whose argmax differs
+is admissible only when NeMo's own top two log-probs there are closer than the tolerance (a tie).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.ctc import collapse, frame_argmax, greedy_decode
+from service.manifest import ParityReport
+from service.tokens import Detokenizer
+
+FP32_TOLERANCE = 1e-3
+log = logging.getLogger(__name__)
+
+Audio = npt.NDArray[np.float32]
+RunGraph = Callable[[npt.NDArray[np.float32], npt.NDArray[np.int64]], tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]
+
+# Sentences spoken by espeak-ng's Hindi voice when it is installed.
+HINDI_SENTENCES = ["नमस्ते आप कैसे हैं", "भारत एक विशाल और सुंदर देश है। हम कल सुबह बाज़ार जाएँगे"]
+
+
+class ParityError(RuntimeError):
+    """The graph does not reproduce NeMo; the message says where."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    label: str
+    audio: Audio
+
+
+def speech_like(seconds: float, sample_rate: int, seed: int) -> Audio:
+    """A voiced, syllable-paced signal with moving formants: exercises the model like speech does."""
+    rng = np.random.default_rng(seed)
+    n = max(1, int(seconds * sample_rate))
+    t = np.arange(n) / sample_rate
+    f0 = 110 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)) + rng.uniform(0, 60)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    formants = [500 + 300 * np.sin(2 * np.pi * r * t + rng.uniform(0, 6)) for r in (1.3, 2.1)]
+    out = np.zeros(n)
+    for h in range(1, 30):
+        freq = h * f0
+        gain = sum(np.exp(-(((freq - f) / 180.0) ** 2)) for f in formants) + 0.05
+        out += gain * np.sin(h * phase) / h
+    envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 5) * t), 0, None) ** 0.5
+    out = out * envelope + 0.003 * rng.standard_normal(n)
+    return (0.3 * out / (np.abs(out).max() + 1e-9)).astype(np.float32)
+
+
+def espeak_hindi(text: str, sample_rate: int) -> Audio | None:
+    """Real Hindi speech from espeak-ng (resampled with soxr), or None when espeak-ng is absent."""
+    if shutil.which("espeak-ng") is None:
+        return None
+    import soundfile as sf
+    import soxr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-v", "hi", "-w", str(wav), text], check=True, capture_output=True)
+        audio, rate = sf.read(wav, dtype="float32")
+    return np.asarray(soxr.resample(audio, rate, sample_rate), dtype=np.float32)
+
+
+def verification_clips(sample_rate: int, extra: Sequence[Path] = ()) -> list[Clip]:
+    """Speech (espeak-ng if present), speech-like and noise clips of several lengths, plus user files."""
+    rng = np.random.default_rng(1234)
+    clips = [
+        Clip("speech-like 0.5 s", speech_like(0.5, sample_rate, 1)),
+        Clip("speech-like 2.3 s", speech_like(2.3, sample_rate, 2)),
+        Clip("speech-like 6.1 s", speech_like(6.1, sample_rate, 3)),
+        Clip("white noise 1.1 s", (0.1 * rng.standard_normal(int(1.1 * sample_rate))).astype(np.float32)),
+        Clip("quiet noise 3.0 s", (1e-4 * rng.standard_normal(3 * sample_rate)).astype(np.float32)),
+    ]
+    for i, sentence in enumerate(HINDI_SENTENCES):
+        audio = espeak_hindi(sentence, sample_rate)
+        if audio is not None:
+            clips.append(Clip(f"espeak-ng hi #{i}", audio))
+    if extra:
+        import soundfile as sf
+        import soxr
+
+        for path in extra:
+            audio, rate = sf.read(path, dtype="float32", always_2d=True)
+            mono = audio.mean(axis=1)
+            if rate != sample_rate:
+                mono = soxr.resample(mono, rate, sample_rate)
+            clips.append(Clip(path.name, np.asarray(mono, dtype=np.float32)))
+    return clips
+
+
+def pad_batch(clips: Sequence[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    lengths = np.array([c.shape[0] for c in clips], dtype=np.int64)
+    batch = np.zeros((len(clips), int(lengths.max(initial=1))), dtype=np.float32)
+    for i, c in enumerate(clips):
+        batch[i, : c.shape[0]] = c
+    return batch, lengths
+
+
+def nemo_reference(model: Any, clips: Sequence[Clip]) -> list[tuple[npt.NDArray[np.float32], int, list[int], str]]:
+    """Per clip, alone, from NeMo's own transcribe(): log-probs, frame count, greedy tokens and text."""
+    import torch
+
+    import soundfile as sf
+
+    blank_id = model.decoder.num_classes_with_blank - 1
+    sample_rate = int(model.preprocessor.featurizer.sample_rate)
+    with tempfile.TemporaryDirectory(prefix="asr-verify-") as tmp:
+        # Files, not arrays: transcribe() pads arrays shorter than 1 s to 1 s (TranscriptionTensorDataset)
+        # but reads files as they are, and a served file must match transcribe() on that file.
+        # 32-bit float WAV keeps every sample exactly.
+        paths = []
+        for i, clip in enumerate(clips):
+            path = Path(tmp) / f"clip{i}.wav"
+            sf.write(path, clip.audio, sample_rate, subtype="FLOAT")
+            paths.append(str(path))
+        hyps = model.transcribe(paths, batch_size=1, return_hypotheses=True, verbose=False)
+    out = []
+    for clip, hyp in zip(clips, hyps):
+        y = torch.as_tensor(hyp.y_sequence).cpu()
+        if y.ndim == 2:  # NeMo 3.0 keeps the frame log-probs of a greedy CTC hypothesis here
+            logprobs = y.numpy().astype(np.float32)
+        else:  # older NeMo: the frame argmax only; take the log-probs from forward()
+            with torch.no_grad():
+                signal = torch.from_numpy(clip.audio).unsqueeze(0)
+                length = torch.tensor([clip.audio.shape[0]], dtype=torch.int64)
+                lp, lengths = model.forward(input_signal=signal, input_signal_length=length)[:2]
+            logprobs = lp[0, : int(lengths[0])].numpy()
+        n = logprobs.shape[0]
+        tokens = collapse(frame_argmax(logprobs, n), blank_id)
+        out.append((logprobs, n, tokens, hyp.text))
+    return out
+
+
+def measure_parity(
+    model: Any,
+    run_graph: RunGraph,
+    clips: Sequence[Clip],
+    detokenizer: Detokenizer,
+    blank_id: int,
+    sample_rate: int,
+    tolerance: float = FP32_TOLERANCE,
+    reference: list[tuple[npt.NDArray[np.float32], int, list[int], str]] | None = None,
+) -> tuple[ParityReport, list[str]]:
+    """Compare the graph with NeMo on every clip: the figures, and every inadmissible difference found."""
+    reference = reference if reference is not None else nemo_reference(model, clips)
+    problems: list[str] = []
+    max_diff, ties, same_tokens, same_text = 0.0, 0, 0, 0
+    alone: list[npt.NDArray[np.float32]] = []
+    for clip, (ref_lp, ref_len, ref_tokens, ref_text) in zip(clips, reference):
+        batch, lengths = pad_batch([clip.audio])
+        logprobs, out_len = run_graph(batch, lengths)
+        n = int(out_len[0])
+        alone.append(logprobs[0, :n])
+        if n != ref_len:
+            problems.append(f"{clip.label}: {n} output frames, NeMo has {ref_len}")
+            continue
+        if n:
+            max_diff = max(max_diff, float(np.abs(logprobs[0, :n] - ref_lp).max()))
+        ours, theirs = frame_argmax(logprobs[0], n), frame_argmax(ref_lp, n)
+        for frame in np.flatnonzero(ours != theirs):
+            top2 = np.sort(ref_lp[frame])[-2:]
+            if top2[1] - top2[0] < tolerance:
+                ties += 1
+            else:
+                problems.append(f"{clip.label}: frame {frame} argmax {ours[frame]} vs NeMo {theirs[frame]}")
+        tokens = greedy_decode(logprobs[0], n, blank_id).token_ids.tolist()
+        text = detokenizer.text(tokens)
+        same_tokens += tokens == ref_tokens
+        same_text += text == ref_text
+        if tokens != ref_tokens and not ties:
+            problems.append(f"{clip.label}: tokens differ from NeMo transcribe()")
+        if text != ref_text and tokens == ref_tokens:
+            problems.append(f"{clip.label}: text {text!r} but NeMo transcribe() says {ref_text!r}")
+    if max_diff > tolerance:
+        problems.append(f"max |Δ log-prob| {max_diff:.2e} exceeds {tolerance:.0e}")
+
+    batch, lengths = pad_batch([c.audio for c in clips])
+    logprobs, out_len = run_graph(batch, lengths)
+    batch_diff, batch_same = 0.0, True
+    for i, single in enumerate(alone):
+        n = single.shape[0]
+        if int(out_len[i]) != n:
+            problems.append(f"{clips[i].label}: {int(out_len[i])} frames in the batch, {n} alone")
+            batch_same = False
+            continue
+        if n:
+            batch_diff = max(batch_diff, float(np.abs(logprobs[i, :n] - single).max()))
+        batch_same &= bool((frame_argmax(logprobs[i], n) == frame_argmax(single, n)).all())
+    if not batch_same or batch_diff > tolerance:
+        problems.append(f"padded batch differs from items alone (max |Δ| {batch_diff:.2e})")
+
+    report = ParityReport(
+        clips=len(clips),
+        identical_tokens=same_tokens,
+        identical_text=same_text,
+        max_abs_logprob_diff=max_diff,
+        tolerance=tolerance,
+        tie_frames=ties,
+        batch_max_abs_diff=batch_diff,
+        batch_identical_tokens=batch_same,
+        total_audio_s=round(sum(c.audio.shape[0] for c in clips) / sample_rate, 3),
+        lengths_s=[round(c.audio.shape[0] / sample_rate, 3) for c in clips],
+    )
+    return report, problems
+
+
+def check_parity(*args: Any, **kwargs: Any) -> ParityReport:
+    """measure_parity, raising ParityError (with the first differences) unless the graph reproduces NeMo."""
+    report, problems = measure_parity(*args, **kwargs)
+    if problems:
+        raise ParityError("the ONNX graph does not reproduce NeMo:\n  " + "\n  ".join(problems[:20]))
+    return report

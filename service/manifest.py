@@ -1,0 +1,112 @@
+"""The model artifact's manifest: written by export/, read by the service. Defined once, here.
+
+A store entry holds `model.onnx` (+ optional variants) and `manifest.json` with this schema; a user can run
+the graph with plain ONNX Runtime and turn its output into text with nothing but this file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorSpec(_Frozen):
+    name: str
+    dtype: str  # numpy dtype name: float32, int64
+    shape: list[str]  # symbolic axes, e.g. ["batch", "samples"]
+
+
+class GraphSpec(_Frozen):
+    file: str  # relative to the store entry
+    inputs: list[TensorSpec]  # audio [batch, samples] float32, audio_lengths [batch] int64
+    outputs: list[TensorSpec]  # logprobs [batch, frames, vocab+1] float32, logprobs_lengths [batch] int64
+    opset: int
+
+
+class TokenizerSpec(_Frozen):
+    """How token ids become text, exactly as NeMo's CTC decoding does it."""
+
+    kind: Literal["characters", "sentencepiece"]
+    # sentencepiece: pieces start a word with this marker; NeMo's decode turns it into a space.
+    word_marker: str = "\u2581"
+    # sentencepiece ids whose piece is not plain text: control (decodes to ""), unknown, byte (<0xNN>).
+    special: dict[int, Literal["control", "unknown", "byte"]] = Field(default_factory=dict)
+    unknown_surface: str = " \u2047 "  # what SentencePiece prints for <unk>
+    # NeMo removes one whitespace character before each of these (extract_punctuation_from_vocab).
+    punctuation: list[str] = Field(default_factory=list)
+
+
+class ParityReport(_Frozen):
+    """What the export measured against NeMo before it registered the model."""
+
+    clips: int
+    identical_tokens: int  # clips whose greedy CTC token sequence equals NeMo transcribe()'s
+    identical_text: int  # clips whose decoded text equals NeMo transcribe()'s text
+    max_abs_logprob_diff: float  # graph vs NeMo forward, valid frames of every clip
+    tolerance: float
+    tie_frames: int  # frames whose argmax differs where NeMo's own top two are closer than tolerance
+    batch_max_abs_diff: float  # one zero-padded batch of all clips vs each clip alone
+    batch_identical_tokens: bool
+    total_audio_s: float
+    lengths_s: list[float]
+
+
+class Variant(_Frozen):
+    file: str
+    kind: Literal["optimized", "fp16", "int8"]
+    note: str
+    parity: ParityReport
+
+
+class FrontEndSpec(_Frozen):
+    n_fft: int
+    win_length: int
+    hop_length: int
+    n_mels: int
+    preemph: float | None
+    mag_power: float
+    log_zero_guard: list[str | float]
+    normalize: str | None
+    exact_pad: bool
+    window_sum: float
+
+
+class Manifest(_Frozen):
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    language: str  # ISO 639-1 where known, e.g. "hi"
+    model_class: str  # NeMo class the graph was exported from
+    sample_rate: int
+    frame_shift_s: float  # seconds per output step: hop_length * subsampling / sample_rate
+    subsampling_factor: int
+    max_segment_s: float  # longest input the graph supports (relative-position table)
+    max_segment_samples: int
+    vocabulary: list[str]  # index = token id (blank excluded)
+    blank_id: int
+    tokenizer: TokenizerSpec
+    graph: GraphSpec
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    frontend: FrontEndSpec
+    source: dict[str, str]
+    versions: dict[str, str]
+    parity: ParityReport
+
+    def write(self, directory: Path) -> Path:
+        path = directory / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST_FILE
+        return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
