@@ -19,17 +19,27 @@ from export.sources import DEFAULT_PRETRAINED
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[1])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pretrained", nargs="?", const=DEFAULT_PRETRAINED, metavar="NAME",
-                        help=f"download through NeMo's from_pretrained (default {DEFAULT_PRETRAINED})")
+    source.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=DEFAULT_PRETRAINED,
+        metavar="NAME",
+        help=f"download through NeMo's from_pretrained (default {DEFAULT_PRETRAINED})",
+    )
     source.add_argument("--nemo", type=Path, metavar="PATH", help="a local .nemo file (EncDecCTCModel[BPE])")
-    source.add_argument("--config", metavar="NAME|PATH",
-                        help="build a random-weight model from a config in export/configs (tiny, medium, ...)")
+    source.add_argument(
+        "--config",
+        metavar="NAME|PATH",
+        help="build a random-weight model from a config in export/configs (tiny, medium, ...)",
+    )
     parser.add_argument("--name", help="store name (default: the model's name)")
     parser.add_argument("--language", help="ISO 639-1 code to record (default: from the model or config)")
-    parser.add_argument("--max-segment-s", type=float,
-                        help="raise the encoder's position table so that segments this long fit")
-    parser.add_argument("--verify-audio", type=Path, nargs="+", default=[],
-                        help="extra audio files for the parity check against NeMo")
+    parser.add_argument(
+        "--max-segment-s", type=float, help="raise the encoder's position table so that segments this long fit"
+    )
+    parser.add_argument(
+        "--verify-audio", type=Path, nargs="+", default=[], help="extra audio files for the parity check against NeMo"
+    )
     parser.add_argument("--variants", default="", help="comma-separated: optimized,int8,fp16")
     parser.add_argument("--output", type=Path, help="also keep the artifact (model.onnx, manifest.json) here")
     parser.add_argument("--no-register", action="store_true", help="verify and write files only")
@@ -41,7 +51,12 @@ def quiet_nemo() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
-    from nemo.utils import logging as nemo_logging
+    from export.sources import quiet_fds
+
+    sys.stdout.flush()
+    with quiet_fds(1, 2):  # NeMo's telemetry prints banners at import
+        import nemo.collections.asr  # noqa: F401
+        from nemo.utils import logging as nemo_logging
 
     nemo_logging.setLevel(logging.ERROR)
 
@@ -81,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir=args.output,
             register=not args.no_register,
         )
-        manifest, tag, out_dir = run(loaded, options)
+        _manifest, tag, out_dir = run(loaded, options)
     except (SourceError, ParityError, UnsupportedModel, UnsupportedFrontEnd) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

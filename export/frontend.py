@@ -89,16 +89,15 @@ class LogMelFrontEnd(nn.Module):
             x = torch.cat((x[:, :1], x[:, 1:] - self.preemph * x[:, :-1]), dim=1)
             x = x.masked_fill(~valid, 0.0)
         x = nn.functional.pad(x.unsqueeze(1), (self.stft_pad, self.stft_pad))
-        spec = nn.functional.conv1d(x, self.stft_kernel, stride=self.hop)  # [B, 2F, T]
+        kernel: torch.Tensor = self.stft_kernel  # type: ignore[assignment]
+        spec = nn.functional.conv1d(x, kernel, stride=self.hop)  # [B, 2F, T]
         re, im = spec[:, : self.n_bins], spec[:, self.n_bins :]
         x = torch.sqrt(re * re + im * im)
         if self.mag_power != 1.0:
             x = x.pow(self.mag_power)
-        x = torch.matmul(self.mel_basis, x)
-        if self.guard_type == "add":
-            x = torch.log(x + self.log_guard)
-        else:
-            x = torch.log(torch.clamp(x, min=self.log_guard))
+        mel: torch.Tensor = self.mel_basis  # type: ignore[assignment]
+        x = torch.matmul(mel, x)
+        x = torch.log(x + self.log_guard) if self.guard_type == "add" else torch.log(torch.clamp(x, min=self.log_guard))
 
         steps = torch.arange(x.shape[2], device=x.device).unsqueeze(0)
         valid = (steps < feat_len.unsqueeze(1)).unsqueeze(1)  # [B, 1, T]

@@ -119,7 +119,8 @@ def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Pa
     started = time.monotonic()
     progress(f"tracing {type(model).__name__} to ONNX (front end + encoder + CTC head)")
     export_onnx(model, out_dir / GRAPH_FILE, sample_rate)
-    progress(f"graph written: {(out_dir / GRAPH_FILE).stat().st_size / 1e6:.1f} MB in {time.monotonic() - started:.1f} s")
+    size_mb = (out_dir / GRAPH_FILE).stat().st_size / 1e6
+    progress(f"graph written: {size_mb:.1f} MB in {time.monotonic() - started:.1f} s")
 
     clips = options.clips or verification_clips(sample_rate, options.verify_audio)
     vocabulary, blank_id, tokenizer = vocabulary_and_tokenizer(model)

@@ -106,16 +106,18 @@ def resolve_config(name_or_path: str) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """SentencePiece's trainer logs hundreds of lines to fd 2 from C++; keep them out of the progress."""
-    saved = os.dup(2)
+def quiet_fds(*fds: int) -> Iterator[None]:
+    """Silence file descriptors (C++ loggers such as SentencePiece's trainer write to them directly)."""
+    saved = [os.dup(fd) for fd in fds]
     try:
         with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
+            for fd in fds:
+                os.dup2(null.fileno(), fd)
             yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy_ in zip(fds, saved, strict=True):
+            os.dup2(copy_, fd)
+            os.close(copy_)
 
 
 def _seed(seed: int) -> None:
@@ -143,7 +145,7 @@ def from_config(name_or_path: str, language: str | None, workdir: Path | None = 
         from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
 
         tok_dir = workdir / "tokenizer"
-        with _quiet_stderr():
+        with quiet_fds(2):
             create_spt_model(
                 data_file=str(CORPUS),
                 vocab_size=int(build["vocab_size"]),
@@ -175,6 +177,5 @@ def from_config(name_or_path: str, language: str | None, workdir: Path | None = 
             for p in model.encoder.pre_encode.parameters():
                 p.mul_(scale)
     lang = language or str(build.get("language", "und"))
-    return LoadedModel(
-        model.eval(), str(build["name"]), lang, {"kind": "config", "config": path.name, "seed": str(build.get("seed", 0))}
-    )
+    source = {"kind": "config", "config": path.name, "seed": str(build.get("seed", 0))}
+    return LoadedModel(model.eval(), str(build["name"]), lang, source)

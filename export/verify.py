@@ -5,10 +5,13 @@ For every verification clip we compare, against NeMo itself:
 - the log-probabilities of NeMo's `forward()` on the clip alone, over its valid frames;
 and we run all clips as one zero-padded batch through the graph and compare each item with its run alone.
 
-Tolerance (fp32): 1e-3 on log-probabilities. What we see is ~1e-5: the convolution STFT sums in a different
-order than torch's FFT, and the log amplifies relative error only near the 2^-24 guard. 1e-3 leaves two
-orders of margin while staying far below the gaps that decide a frame's argmax. A frame whose argmax differs
-is admissible only when NeMo's own top two log-probs there are closer than the tolerance (a tie).
+Tolerance (fp32): 1e-3 on log-probabilities. Measured against a float64 run of NeMo's own preprocessor, our
+features and NeMo's fp32 features are both ~2e-5 away on speech and noise (the convolution STFT sums in a
+different order than torch's FFT; neither is more exact). Near digital silence the log amplifies rounding:
+on -80 dBFS noise NeMo's own fp32 features are 4e-3 from float64, so no fp32 implementation can promise 1e-3
+there; the verification set therefore stops at -60 dBFS, and tests check quieter input by tokens. A frame
+whose argmax differs is admissible only when NeMo's own top two log-probs there are closer than the
+tolerance (a tie).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ FP32_TOLERANCE = 1e-3
 log = logging.getLogger(__name__)
 
 Audio = npt.NDArray[np.float32]
-RunGraph = Callable[[npt.NDArray[np.float32], npt.NDArray[np.int64]], tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]
+Lengths = npt.NDArray[np.int64]
+RunGraph = Callable[[npt.NDArray[np.float32], Lengths], tuple[npt.NDArray[np.float32], Lengths]]
 
 # Sentences spoken by espeak-ng's Hindi voice when it is installed.
 HINDI_SENTENCES = ["नमस्ते आप कैसे हैं", "भारत एक विशाल और सुंदर देश है। हम कल सुबह बाज़ार जाएँगे"]
@@ -64,7 +68,8 @@ def speech_like(seconds: float, sample_rate: int, seed: int) -> Audio:
         out += gain * np.sin(h * phase) / h
     envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 5) * t), 0, None) ** 0.5
     out = out * envelope + 0.003 * rng.standard_normal(n)
-    return (0.3 * out / (np.abs(out).max() + 1e-9)).astype(np.float32)
+    result: Audio = (0.3 * out / (np.abs(out).max() + 1e-9)).astype(np.float32)
+    return result
 
 
 def espeak_hindi(text: str, sample_rate: int) -> Audio | None:
@@ -78,7 +83,8 @@ def espeak_hindi(text: str, sample_rate: int) -> Audio | None:
         wav = Path(tmp) / "s.wav"
         subprocess.run(["espeak-ng", "-v", "hi", "-w", str(wav), text], check=True, capture_output=True)
         audio, rate = sf.read(wav, dtype="float32")
-    return np.asarray(soxr.resample(audio, rate, sample_rate), dtype=np.float32)
+    resampled: Audio = np.asarray(soxr.resample(audio, rate, sample_rate), dtype=np.float32)
+    return resampled
 
 
 def verification_clips(sample_rate: int, extra: Sequence[Path] = ()) -> list[Clip]:
@@ -89,7 +95,7 @@ def verification_clips(sample_rate: int, extra: Sequence[Path] = ()) -> list[Cli
         Clip("speech-like 2.3 s", speech_like(2.3, sample_rate, 2)),
         Clip("speech-like 6.1 s", speech_like(6.1, sample_rate, 3)),
         Clip("white noise 1.1 s", (0.1 * rng.standard_normal(int(1.1 * sample_rate))).astype(np.float32)),
-        Clip("quiet noise 3.0 s", (1e-4 * rng.standard_normal(3 * sample_rate)).astype(np.float32)),
+        Clip("quiet noise 3.0 s", (1e-3 * rng.standard_normal(3 * sample_rate)).astype(np.float32)),
     ]
     for i, sentence in enumerate(HINDI_SENTENCES):
         audio = espeak_hindi(sentence, sample_rate)
@@ -118,9 +124,8 @@ def pad_batch(clips: Sequence[Audio]) -> tuple[npt.NDArray[np.float32], npt.NDAr
 
 def nemo_reference(model: Any, clips: Sequence[Clip]) -> list[tuple[npt.NDArray[np.float32], int, list[int], str]]:
     """Per clip, alone, from NeMo's own transcribe(): log-probs, frame count, greedy tokens and text."""
-    import torch
-
     import soundfile as sf
+    import torch
 
     blank_id = model.decoder.num_classes_with_blank - 1
     sample_rate = int(model.preprocessor.featurizer.sample_rate)
@@ -135,7 +140,7 @@ def nemo_reference(model: Any, clips: Sequence[Clip]) -> list[tuple[npt.NDArray[
             paths.append(str(path))
         hyps = model.transcribe(paths, batch_size=1, return_hypotheses=True, verbose=False)
     out = []
-    for clip, hyp in zip(clips, hyps):
+    for clip, hyp in zip(clips, hyps, strict=True):
         y = torch.as_tensor(hyp.y_sequence).cpu()
         if y.ndim == 2:  # NeMo 3.0 keeps the frame log-probs of a greedy CTC hypothesis here
             logprobs = y.numpy().astype(np.float32)
@@ -166,7 +171,7 @@ def measure_parity(
     problems: list[str] = []
     max_diff, ties, same_tokens, same_text = 0.0, 0, 0, 0
     alone: list[npt.NDArray[np.float32]] = []
-    for clip, (ref_lp, ref_len, ref_tokens, ref_text) in zip(clips, reference):
+    for clip, (ref_lp, ref_len, ref_tokens, ref_text) in zip(clips, reference, strict=True):
         batch, lengths = pad_batch([clip.audio])
         logprobs, out_len = run_graph(batch, lengths)
         n = int(out_len[0])

@@ -15,9 +15,7 @@ class Detokenizer:
         self.vocabulary = list(vocabulary)
         self.spec = spec
         self._punct = (
-            re.compile(r"(\s)(" + "|".join(re.escape(p) for p in spec.punctuation) + ")")
-            if spec.punctuation
-            else None
+            re.compile(r"(\s)(" + "|".join(re.escape(p) for p in spec.punctuation) + ")") if spec.punctuation else None
         )
 
     def text(self, token_ids: Sequence[int]) -> str:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs on a fresh Debian machine: system packages (espeak-ng and sox for
+# test speech, libsndfile), a virtualenv in .venv with torch (CPU build first: a bare `torch` requirement
+# would pull a multi-GB CUDA build), NeMo, BentoML, ONNX Runtime and the dev tools. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for cmd in espeak-ng sox; do command -v "$cmd" >/dev/null || need_apt+=("$cmd"); done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${need_apt[*]} with apt-get" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng sox libsndfile1 >&2
+  else
+    echo "setup: please install ${need_apt[*]} (tests use them to make Hindi speech)" >&2
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[export,test]"
+echo "setup: ready (.venv)" >&2

@@ -1,0 +1,185 @@
+"""The export: one ONNX graph equal to NeMo, for both vocabulary kinds and both encoder kinds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.describe import encoder_length, max_segment_samples
+from export.frontend import LogMelFrontEnd
+from export.graph import max_encoder_frames
+from export.pipeline import ort_runner
+from export.verify import Clip, check_parity, pad_batch
+from service.manifest import Manifest
+from service.tokens import Detokenizer
+from tests import speech
+from tests.conftest import Exported
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_espeak = pytest.mark.skipif(not speech.have_espeak(), reason="espeak-ng and sox are needed for Hindi speech")
+
+
+def test_manifest_and_store_entry_are_complete(any_model: Exported) -> None:
+    import bentoml
+
+    m = any_model.manifest
+    p = m.parity
+    assert p.identical_tokens == p.clips and p.identical_text == p.clips
+    assert p.max_abs_logprob_diff <= p.tolerance <= 1e-3 and p.batch_identical_tokens
+    assert m.sample_rate == 16000 and m.blank_id == len(m.vocabulary)
+    assert m.frame_shift_s == pytest.approx(0.01 * m.subsampling_factor)
+    assert m.max_segment_s == pytest.approx(m.max_segment_samples / m.sample_rate)
+    assert [t.name for t in m.graph.inputs] == ["audio", "audio_lengths"]
+    assert [t.name for t in m.graph.outputs] == ["logprobs", "logprobs_lengths"]
+    assert m.source["kind"] == "config" and m.language == "hi" and "nemo_toolkit" in m.versions
+
+    stored = bentoml.models.get(any_model.tag)
+    assert Manifest.read(Path(stored.path)) == m
+    assert Path(stored.path_of("model.onnx")).stat().st_size > 100_000
+    assert stored.info.labels["language"] == "hi"
+    assert stored.info.metadata["parity_identical_tokens"] == f"{p.clips}/{p.clips}"
+    # the public contract: plain ONNX Runtime + manifest.json suffice
+    raw = json.loads(Path(stored.path_of("manifest.json")).read_text(encoding="utf-8"))
+    assert raw["vocabulary"] == m.vocabulary and raw["blank_id"] == m.blank_id
+
+
+def test_vocabulary_kinds(tiny_bpe: Exported, tiny_char: Exported, tiny_fast: Exported) -> None:
+    assert tiny_bpe.manifest.tokenizer.kind == "sentencepiece" and tiny_bpe.manifest.subsampling_factor == 4
+    assert tiny_char.manifest.tokenizer.kind == "characters" and tiny_char.manifest.frontend.n_mels == 64
+    assert tiny_fast.manifest.subsampling_factor == 8
+
+
+EDGE_LENGTHS = [1, 100, 159, 160, 161, 399, 400, 401, 511, 512, 513, 16000 - 1, 16000, 16000 + 1]
+
+
+@pytest.mark.parametrize("n", EDGE_LENGTHS)
+def test_features_equal_nemo_preprocessor(tiny_bpe: Exported, n: int) -> None:
+    """Our front end vs NeMo's own preprocessor, batched with a longer clip (tolerance 5e-4, seen ~7e-5)."""
+    fe = LogMelFrontEnd(tiny_bpe.model.preprocessor.featurizer)
+    rng = np.random.default_rng(n)
+    batch, lengths = pad_batch([(0.1 * rng.standard_normal(n)).astype(np.float32), speech.noise(1.3, 7)])
+    x, lens = torch.from_numpy(batch), torch.from_numpy(lengths)
+    with torch.no_grad():
+        ref, ref_len = tiny_bpe.model.preprocessor(input_signal=x, length=lens)
+        got, got_len = fe(x, lens)
+    assert got_len.tolist() == ref_len.tolist()
+    assert float((got[..., : ref.shape[-1]] - ref).abs().max()) < 5e-4
+
+
+@needs_espeak
+def test_real_speech_edges_and_batch_equal_nemo(any_model: Exported) -> None:
+    """Hindi speech and noise from 0.3 s to 45 s, plus lengths at frame edges: NeMo transcribe() token for
+    token, and one zero-padded batch gives every item exactly what it gets alone."""
+    long_speech, _ = speech.joined(speech.SENTENCES * 3, pause_s=0.4)
+    assert long_speech.shape[0] > 35 * 16000
+    clips = [Clip(f"hi {i}", speech.hindi(t)) for i, t in enumerate(speech.SENTENCES[:3])]
+    clips += [
+        Clip("0.3 s", speech.hindi(speech.SENTENCES[0])[:4800]),
+        Clip("long", long_speech[: 45 * 16000]),
+        Clip("noise", speech.noise(2.0, 3)),
+    ]
+    clips += [Clip(f"edge {n}", speech.noise(n / 16000, n)) for n in (100, 399, 400, 401, 16001)]
+    m = any_model.manifest
+    report = check_parity(
+        any_model.model,
+        ort_runner(any_model.directory / "model.onnx"),
+        clips,
+        Detokenizer(m.vocabulary, m.tokenizer),
+        m.blank_id,
+        m.sample_rate,
+    )
+    assert report.identical_tokens == len(clips) and report.identical_text == len(clips)
+    assert report.batch_identical_tokens and report.batch_max_abs_diff <= 1e-3
+    assert report.max_abs_logprob_diff <= 1e-3
+
+
+def test_transcripts_are_not_trivial(any_model: Exported) -> None:
+    """A parity test is only strong if the random model says varied things."""
+    run = ort_runner(any_model.directory / "model.onnx")
+    logprobs, lengths = run(*pad_batch([speech.noise(3.0, 11, 0.2)]))
+    best = logprobs[0, : int(lengths[0])].argmax(-1)
+    assert len(set(best.tolist())) >= 5
+
+
+def test_segment_of_exactly_max_length_runs(tiny_bpe: Exported) -> None:
+    m = tiny_bpe.manifest
+    assert m.max_segment_samples == max_segment_samples(tiny_bpe.model)
+    limit = max_encoder_frames(tiny_bpe.model)
+    fe = LogMelFrontEnd(tiny_bpe.model.preprocessor.featurizer)
+    frames = int(fe.feature_lengths(torch.tensor([m.max_segment_samples + 1]))[0])
+    assert encoder_length(tiny_bpe.model, frames) > limit  # one more sample would not fit
+    run = ort_runner(tiny_bpe.directory / "model.onnx")
+    _, lengths = run(*pad_batch([speech.noise(m.max_segment_samples / m.sample_rate, 5)]))
+    assert int(lengths[0]) == limit
+
+
+def _export_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "export", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_nemo_file_source_through_cli(tiny_char: Exported, tmp_path: Path) -> None:
+    nemo = tmp_path / "my_char_model.nemo"
+    tiny_char.model.save_to(str(nemo))
+    result = _export_cli("--nemo", str(nemo), "--name", "from_file", home=tmp_path / "store")
+    assert result.returncode == 0, result.stderr[-2000:]
+    tag = result.stdout.strip().splitlines()[-1]
+    assert tag.startswith("from_file:")
+    entry = next((tmp_path / "store" / "models" / "from_file").glob("*/manifest.json"))
+    manifest = Manifest.model_validate_json(entry.read_text(encoding="utf-8"))
+    assert manifest.source["kind"] == "nemo" and len(manifest.source["sha256"]) == 64
+    assert manifest.vocabulary == tiny_char.manifest.vocabulary
+    assert "[export] parity: tokens" in result.stderr
+
+
+def test_pretrained_offline_is_one_clear_line(tmp_path: Path) -> None:
+    result = _export_cli("--pretrained", home=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--nemo" in errors[0] and "--config medium" in errors[0]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tarball at all", b"\x1f\x8b\x08garbage"])
+def test_corrupt_nemo_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.nemo"
+    bad.write_bytes(content)
+    result = _export_cli("--nemo", str(bad), home=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "bad.nemo" in result.stderr
+
+
+def test_unknown_config_and_variant_are_refused(tmp_path: Path) -> None:
+    result = _export_cli("--config", "nope", home=tmp_path)
+    assert result.returncode == 1 and "unknown config 'nope'" in result.stderr and "tiny" in result.stderr
+    result = _export_cli("--config", "tiny", "--variants", "int4", home=tmp_path)
+    assert result.returncode == 2 and "unknown variant" in result.stderr
+
+
+def test_near_silence_keeps_nemo_tokens(any_model: Exported) -> None:
+    """-80 and -70 dBFS noise: log-probs are ill-conditioned in fp32 (NeMo's own fp32 features are 4e-3 from
+    float64 there), so the bound is on tokens and text, with log-probs within 1e-2. Digital silence is not
+    compared: NeMo normalises a constant feature row by dividing float32 rounding noise by 1e-5, so its
+    features there are rounding noise that depends on the reduction order."""
+    clips = [Clip("-80 dBFS", speech.noise(3.0, 9, 1e-4)), Clip("-70 dBFS", speech.noise(1.0, 8, 3e-4))]
+    m = any_model.manifest
+    from export.verify import measure_parity
+
+    report, problems = measure_parity(
+        any_model.model,
+        ort_runner(any_model.directory / "model.onnx"),
+        clips,
+        Detokenizer(m.vocabulary, m.tokenizer),
+        m.blank_id,
+        m.sample_rate,
+        tolerance=1e-2,
+    )
+    assert problems == [] and report.identical_tokens == len(clips) and report.identical_text == len(clips)
