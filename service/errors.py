@@ -1,0 +1,75 @@
+"""The errors a client can cause, each with its HTTP status and a stable code; mapped to JSON in one place."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ASRError(Exception):
+    """Base: a request the service refuses. The message is for the client: no paths, no internals."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.code, "message": self.message}
+
+
+class BadRequest(ASRError, ValueError):
+    status, code = HTTPStatus.BAD_REQUEST, "bad_request"
+
+
+class EmptyAudio(BadRequest):
+    code = "empty_audio"
+
+
+class UndecodableAudio(BadRequest):
+    code = "undecodable_audio"
+
+
+class UploadTooLarge(ASRError, ValueError):
+    status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "upload_too_large"
+
+
+class AudioTooLong(ASRError, ValueError):
+    status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "audio_too_long"
+
+
+class UnsupportedFormat(ASRError, ValueError):
+    status, code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_format"
+
+
+class AudioTooShort(ASRError, ValueError):
+    status, code = HTTPStatus.UNPROCESSABLE_ENTITY, "audio_too_short"
+
+
+class NotReady(ASRError, RuntimeError):
+    status, code = HTTPStatus.SERVICE_UNAVAILABLE, "not_ready"
+
+
+class Overloaded(ASRError, RuntimeError):
+    status, code = HTTPStatus.SERVICE_UNAVAILABLE, "overloaded"
+
+
+class ModelMismatch(RuntimeError):
+    """The model entry does not match what its manifest promises (raised at start-up, never to clients)."""
+
+
+# Codes for statuses produced by BentoML itself (validation, concurrency limit, batching, timeout), so that
+# every error body has the same shape.
+STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "upload_too_large",
+    415: "unsupported_format",
+    422: "unprocessable",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "overloaded",
+    504: "timeout",
+}

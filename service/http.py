@@ -1,0 +1,199 @@
+"""ASGI middleware in front of the BentoML app: the parts of the error contract BentoML does not give us.
+
+- Uploads over the size limit get 413 while the body arrives (Content-Length first, then counted bytes),
+  before BentoML buffers anything (BentoML 1.4 has no body limit).
+- The multipart form is checked before BentoML sees it: a missing or misnamed field is a 400 (BentoML
+  answers 500, notes §3.1), and a file field holding a string is refused (BentoML would download it as URL).
+- The concurrency limit (429 at once) and the request timeout (504) of the API routes are enforced here:
+  BentoML adds user middlewares inside its own traffic middlewares, whose bodies we could not reshape.
+  BentoML's own limits stay configured, looser, as a backstop.
+- Every error response has one shape, {"error": code, "message": text}: BentoML's own 400 (validation)
+  and 503 (with Retry-After) bodies are rewritten, and 4xx arrays (BentoML issue 4232) become objects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from service.errors import STATUS_CODES
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FormRoute:
+    file_field: str  # the one file field
+    fields: frozenset[str] = field(default_factory=frozenset)  # every accepted field, the file's included
+
+
+async def send_json(send: Send, status: int, body: dict[str, str], headers: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def reshape_error(status: int, body: bytes) -> dict[str, str] | None:
+    """BentoML's error body -> ours; None when it already has our shape."""
+    try:
+        data: Any = json.loads(body or b"null")
+    except ValueError:
+        data = body.decode("utf-8", "replace").strip()
+    if isinstance(data, dict) and set(data) == {"error", "message"}:
+        return None
+    if isinstance(data, list) and data and isinstance(data[0], dict):  # BentoML 4xx: [{"error": ...}]
+        data = data[0]
+    message = data.get("error", "") if isinstance(data, dict) else str(data or "")
+    if isinstance(data, dict) and isinstance(data.get("detail"), list):
+        details = [f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}" for d in data["detail"]]
+        message = "; ".join(d.strip(": ") for d in details) or message
+    if status >= 500 and status not in (503, 504):
+        message = "internal error; the server log has the details"
+    return {"error": STATUS_CODES.get(status, "error"), "message": str(message)[:500] or "request failed"}
+
+
+class RequestGuard:
+    def __init__(
+        self, app: ASGIApp, max_body: int, routes: dict[str, FormRoute], max_concurrency: int, timeout_s: float
+    ) -> None:
+        self.app, self.max_body, self.routes = app, max_body, routes
+        self.max_concurrency, self.timeout_s = max_concurrency, timeout_s
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = self._shaping(send)
+        route = self.routes.get(scope["path"])
+        if route is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_concurrency:
+            message = f"more than {self.max_concurrency} requests in flight; retry shortly"
+            await send_json(send, 429, {"error": "too_many_requests", "message": message}, {"retry-after": "1"})
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            with anyio.fail_after(self.timeout_s):
+                await self._guarded(scope, receive, tracking_send, route)
+        except TimeoutError:
+            if not started:
+                message = f"not transcribed within {self.timeout_s:g} s"
+                await send_json(send, 504, {"error": "timeout", "message": message})
+        finally:
+            self.in_flight -= 1
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, route: FormRoute) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await self._too_large(send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                await self._too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+        problem = await check_form(scope, bytes(body), headers.get("content-type", ""), route)
+        if problem:
+            await send_json(send, 400, {"error": "bad_request", "message": problem})
+            return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _too_large(self, send: Send) -> None:
+        limit_mb = self.max_body / (1024 * 1024)
+        body = {"error": "upload_too_large", "message": f"the upload is larger than {limit_mb:g} MB"}
+        await send_json(send, 413, body, {"connection": "close"})
+
+    def _shaping(self, send: Send) -> Send:
+        state: dict[str, Any] = {}
+
+        async def shaped(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                state["start"], state["body"] = message, bytearray()
+                return
+            if "start" not in state:
+                await send(message)
+                return
+            state["body"] += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            start, raw = state.pop("start"), bytes(state.pop("body"))
+            status = start["status"]
+            body = reshape_error(status, raw)
+            if body is None:
+                await send(start)
+                await send({"type": "http.response.body", "body": raw})
+                return
+            extra = {"retry-after": "1"} if status == 503 else None
+            await send_json(send, status, body, extra)
+
+        return shaped
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for the disconnect
+
+    return replay
+
+
+async def check_form(scope: Scope, body: bytes, content_type: str, route: FormRoute) -> str:
+    """'' when the form is acceptable, else what is wrong with it (for a 400)."""
+    from starlette.datastructures import UploadFile
+    from starlette.requests import Request
+
+    fields = ", ".join(sorted(route.fields))
+    if not content_type.lower().startswith("multipart/form-data"):
+        return f"send multipart/form-data with the audio file in the field '{route.file_field}' (fields: {fields})"
+    request = Request(scope, _replay(body, _never))
+    try:
+        form = await request.form(max_files=4, max_fields=32)
+    except Exception:
+        return "the multipart body could not be parsed"
+    try:
+        unknown = sorted(set(form.keys()) - route.fields)
+        if unknown:
+            return f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}"
+        values = form.getlist(route.file_field)
+        if len(values) != 1:
+            return f"exactly one file is expected in the field '{route.file_field}'"
+        if not isinstance(values[0], UploadFile):
+            return f"the field '{route.file_field}' must be an uploaded file (URLs are not fetched)"
+        return ""
+    finally:
+        await form.close()
+
+
+async def _never() -> Message:
+    return {"type": "http.disconnect"}

@@ -1,0 +1,112 @@
+"""The ONNX Runtime session and batched inference: variable-length waveforms in, greedy CTC results out.
+
+Plain Python (no BentoML), so it is testable directly; service.py wraps it in a batchable BentoML API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel
+
+from service.ctc import greedy_decode
+from service.errors import ModelMismatch
+from service.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class SegmentResult(BaseModel):
+    """Greedy CTC output for one segment (what travels back from the recognizer service)."""
+
+    token_ids: list[int]
+    first_frame: list[int]
+    last_frame: list[int]
+    probability: list[float]
+    frames: int
+
+
+def choose_providers(device: str, available: Sequence[str]) -> list[str]:
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda" or CUDA in available:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+class Recognizer:
+    def __init__(self, model_dir: Path, manifest: Manifest, device: str = "auto", threads: int = 0, variant: str = ""):
+        import onnxruntime as ort
+
+        if device != "cpu" and hasattr(ort, "preload_dlls"):
+            try:  # CUDA and cuDNN from the nvidia-* wheels, when installed ([cuda,cudnn] extras)
+                ort.preload_dlls()
+            except Exception as exc:  # no CUDA libraries here: CPU it is, unless the GPU is demanded
+                log.info("no CUDA libraries preloaded: %s", exc)
+        self.manifest = manifest
+        file = manifest.graph.file if not variant else manifest.variants[variant].file
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        requested = choose_providers(device, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(model_dir / file), options, providers=requested)
+        self.providers: list[str] = list(self.session.get_providers())
+        self.not_ready_reason = ""
+        if device == "cuda" and CUDA not in self.providers:
+            self.not_ready_reason = (
+                f"ASR_DEVICE=cuda but ONNX Runtime runs on {self.providers}: the CUDA provider did not load "
+                "(check the NVIDIA driver and that the container was started with GPUs)"
+            )
+        self._check_io()
+        log.info("model %s (%s) on %s", manifest.name, file, self.providers)
+
+    def _check_io(self) -> None:
+        want_in = [t.name for t in self.manifest.graph.inputs]
+        want_out = [t.name for t in self.manifest.graph.outputs]
+        got_in = [i.name for i in self.session.get_inputs()]
+        got_out = [o.name for o in self.session.get_outputs()]
+        if sorted(want_in) != sorted(got_in) or not set(want_out) <= set(got_out):
+            raise ModelMismatch(
+                f"the graph's inputs {got_in} / outputs {got_out} do not match the manifest's "
+                f"inputs {want_in} / outputs {want_out}"
+            )
+        self.input_names, self.output_names = want_in, want_out[:2]
+
+    def infer(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
+        """One session run over a zero-padded batch; each item decoded over its own valid frames."""
+        if not batch:
+            return []
+        lengths = np.array([a.shape[0] for a in batch], dtype=np.int64)
+        padded = np.zeros((len(batch), int(lengths.max(initial=1)) or 1), dtype=np.float32)
+        for i, audio in enumerate(batch):
+            padded[i, : audio.shape[0]] = audio
+        logprobs, out_lengths = self.session.run(
+            self.output_names, {self.input_names[0]: padded, self.input_names[1]: lengths}
+        )
+        results = []
+        for i in range(len(batch)):
+            g = greedy_decode(logprobs[i], int(out_lengths[i]), self.manifest.blank_id)
+            results.append(
+                SegmentResult(
+                    token_ids=g.token_ids.tolist(),
+                    first_frame=g.first_frame.tolist(),
+                    last_frame=g.last_frame.tolist(),
+                    probability=[round(float(p), 6) for p in g.probability],
+                    frames=g.frames,
+                )
+            )
+        return results
+
+    def warmup(self) -> None:
+        """The first runs allocate and tune; do them before readiness turns green."""
+        rate = self.manifest.sample_rate
+        rng = np.random.default_rng(0)
+        for seconds in (1.0, 4.0):
+            self.infer([(0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)] * 2)

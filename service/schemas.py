@@ -1,0 +1,26 @@
+"""The public response types (they are the OpenAPI schema of the API)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Word(BaseModel):
+    word: str
+    start: float = Field(description="seconds from the start of the audio")
+    end: float = Field(description="seconds from the start of the audio")
+    confidence: float = Field(description="mean per-frame probability of the word's tokens, 0..1")
+
+
+class Transcription(BaseModel):
+    text: str
+    duration_s: float = Field(description="duration of the audio as sent")
+    model: str = Field(description="store tag of the model that transcribed it")
+    language: str
+    segments: int = Field(description="pieces the audio was cut into (1 unless it was longer than a segment)")
+    words: list[Word] | None = Field(default=None, description="only when timestamps=true")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str

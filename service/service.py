@@ -1,0 +1,170 @@
+"""BentoML glue only: the entry service (public API) and the recognizer (owns the session, batches).
+
+Everything else lives in plain modules: audio.py (decoding), segment.py, recognizer.py (ORT + greedy CTC),
+transcript.py (text and word times), http.py (request guard), errors.py, settings.py, manifest.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from starlette.responses import JSONResponse
+
+from service.errors import ASRError, NotReady, Overloaded
+from service.http import FormRoute, RequestGuard
+from service.recognizer import SegmentResult
+from service.schemas import Transcription, Word
+from service.settings import Settings
+
+SETTINGS = Settings.from_env()
+# At class scope, so that `bentoml build` records (and containers carry) the model entry.
+MODEL = bentoml.models.BentoModel(SETTINGS.model)
+log = logging.getLogger("asr")
+
+
+@bentoml.service(
+    name="asr_recognizer",
+    # Only the recognizer asks for a GPU; BentoML then sets CUDA_VISIBLE_DEVICES for its worker.
+    resources={"gpu": 1} if SETTINGS.device != "cpu" else {},
+    workers=1,
+    traffic={"timeout": SETTINGS.timeout_s},
+)
+class Recognizer:
+    model = MODEL
+
+    def __init__(self) -> None:
+        from service.manifest import Manifest
+        from service.recognizer import Recognizer as Engine
+
+        directory = Path(self.model.path)
+        manifest = Manifest.read(directory)
+        self.engine = Engine(directory, manifest, SETTINGS.device, SETTINGS.ort_threads, SETTINGS.variant)
+        if not self.engine.not_ready_reason:
+            self.engine.warmup()
+        log.info("recognizer ready=%s providers=%s", not self.engine.not_ready_reason, self.engine.providers)
+
+    def __is_ready__(self) -> bool:
+        return not self.engine.not_ready_reason
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms)
+    def infer(self, segments: list[np.ndarray]) -> list[SegmentResult]:
+        return self.engine.infer(segments)
+
+    @bentoml.api
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": not self.engine.not_ready_reason,
+            "reason": self.engine.not_ready_reason,
+            "providers": self.engine.providers,
+        }
+
+
+@bentoml.service(
+    name="asr",
+    # RequestGuard enforces ASR_TIMEOUT_S and ASR_MAX_CONCURRENCY with our error bodies; BentoML's own
+    # limits are a looser backstop for the other routes.
+    traffic={"timeout": SETTINGS.timeout_s + 30, "max_concurrency": SETTINGS.max_concurrency * 2},
+)
+class Transcriber:
+    recognizer = bentoml.depends(Recognizer)
+    model = MODEL
+
+    def __init__(self) -> None:
+        from service.audio import Limits
+        from service.manifest import Manifest
+        from service.tokens import Detokenizer
+
+        self.manifest = Manifest.read(Path(self.model.path))
+        self.tag = str(self.model.tag)
+        self.detok = Detokenizer(self.manifest.vocabulary, self.manifest.tokenizer)
+        self.limits = Limits(
+            SETTINGS.min_duration_s,
+            SETTINGS.max_duration_s,
+            SETTINGS.formats,
+            SETTINGS.require_sample_rate,
+            SETTINGS.require_mono,
+        )
+        self._recognizer_ready = False  # cached once true: a loaded provider does not go away
+        model_limit = self.manifest.max_segment_samples
+        wanted = int(SETTINGS.segment_s * self.manifest.sample_rate) if SETTINGS.segment_s else model_limit
+        self.segment_samples = min(wanted, model_limit)
+
+    async def __is_ready__(self) -> bool:
+        return (await self._recognizer_status())["ready"] is True
+
+    async def _recognizer_status(self) -> dict[str, Any]:
+        try:
+            status: dict[str, Any] = await self.recognizer.to_async.status()
+        except Exception:
+            status = {"ready": False, "reason": "the recognizer does not answer", "providers": []}
+        self._recognizer_ready = status["ready"] is True
+        return status
+
+    @bentoml.api
+    async def transcribe(self, audio: Path, timestamps: bool = False) -> Transcription:
+        """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, any rate and
+        channel count. `timestamps=true` adds words with start/end seconds and confidence."""
+        try:
+            return await self._transcribe(audio, timestamps)
+        except ASRError as exc:
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            return JSONResponse(exc.body(), status_code=int(exc.status), headers=headers)  # type: ignore[return-value]
+
+    @bentoml.api
+    async def status(self) -> dict[str, Any]:
+        """The model served, its providers and readiness (with the reason when not ready)."""
+        return {"model": self.tag, "language": self.manifest.language, **(await self._recognizer_status())}
+
+    async def _transcribe(self, audio: Path, timestamps: bool) -> Transcription:
+        import anyio
+
+        from service.audio import decode
+        from service.segment import split
+        from service.transcript import join_text, segment_words
+
+        if not self._recognizer_ready:
+            status = await self._recognizer_status()
+            if not status["ready"]:
+                raise NotReady(f"the service is not ready: {status['reason']}")
+        rate = self.manifest.sample_rate
+        data = await anyio.Path(audio).read_bytes()
+        decoded = await anyio.to_thread.run_sync(decode, data, rate, self.limits)
+        segments = split(decoded.samples, self.segment_samples, rate)
+        try:
+            raw = await self.recognizer.to_async.infer([s.samples for s in segments])
+        except bentoml.exceptions.BentoMLException as exc:
+            # The batch queue refuses work it cannot finish within its latency bound (503 "overloaded");
+            # through the dependency call it arrives as an exception, not a status.
+            if getattr(exc, "error_code", None) == 503 or "overload" in str(exc).lower():
+                raise Overloaded("the recognizer is overloaded; retry shortly") from exc
+            raise
+        results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
+        words = None
+        if timestamps:
+            end = decoded.samples.shape[0] / rate
+            words = [
+                Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence)
+                for seg, res in zip(segments, results, strict=True)
+                for w in segment_words(res, self.detok, self.manifest.frame_shift_s, seg.start / rate, end)
+            ]
+        return Transcription(
+            text=join_text(results, self.detok),
+            duration_s=round(decoded.duration_s, 3),
+            model=self.tag,
+            language=self.manifest.language,
+            segments=len(segments),
+            words=words,
+        )
+
+
+Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
+    RequestGuard,
+    max_body=SETTINGS.max_upload_bytes,
+    routes={"/transcribe": FormRoute("audio", frozenset({"audio", "timestamps"}))},
+    max_concurrency=SETTINGS.max_concurrency,
+    timeout_s=SETTINGS.timeout_s,
+)

@@ -1,0 +1,88 @@
+"""Service settings: one frozen object, read once from the environment. Every field is in the README table."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Literal
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Store tag of the exported model (python -m export registers it).
+    model: str = "stt_hi_conformer_ctc_medium:latest"
+    # Graph to run: "" for the fp32 model.onnx, or a variant the export made (optimized, int8, fp16).
+    variant: str = ""
+    # auto: CUDA when it loads, else CPU. cuda: demand the GPU (not ready without it). cpu: never use a GPU.
+    device: Device = "auto"
+    # ONNX Runtime intra-op threads; 0 lets ORT choose (one per core).
+    ort_threads: int = 0
+    # Largest upload accepted, in megabytes (checked while the body arrives).
+    max_upload_mb: float = 100.0
+    # Shortest and longest audio accepted, in seconds (after decoding).
+    min_duration_s: float = 0.0
+    max_duration_s: float = 3600.0
+    # Longest piece of audio sent to the model at once; longer audio is cut at quiet points. 0: the model's
+    # own limit (max_segment_s in the manifest). Audio up to this length is transcribed exactly as NeMo does.
+    segment_s: float = 30.0
+    # Containers accepted, as soundfile names (WAV, FLAC, OGG, MP3, ...); empty: anything soundfile decodes.
+    formats: tuple[str, ...] = ()
+    # Accept only this input sample rate (0: any rate, resampled to the model's).
+    require_sample_rate: int = 0
+    # Accept only single-channel audio (otherwise channels are averaged).
+    require_mono: bool = False
+    # Adaptive batching of segments in the recognizer.
+    batch_max_size: int = 16
+    batch_max_latency_ms: int = 10_000
+    # Requests in flight before 429, and seconds before 504.
+    max_concurrency: int = 64
+    timeout_s: int = 300
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read ASR_<FIELD> variables (e.g. ASR_MAX_DURATION_S); absent ones keep their defaults."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"ASR_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = getattr(cls, f.name)
+            try:
+                if isinstance(default, bool):
+                    if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(raw)
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes")
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, tuple):
+                    values[f.name] = tuple(p.strip().upper() for p in raw.split(",") if p.strip())
+                else:
+                    values[f.name] = raw.strip()
+            except ValueError:
+                raise SettingsError(f"ASR_{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SettingsError(f"ASR_DEVICE={self.device!r}: use auto, cpu or cuda")
+        if self.variant not in ("", "optimized", "int8", "fp16"):
+            raise SettingsError(f"ASR_VARIANT={self.variant!r}: use optimized, int8, fp16 or leave it empty")
+        if not 0 <= self.min_duration_s <= self.max_duration_s:
+            raise SettingsError("ASR_MIN_DURATION_S must be between 0 and ASR_MAX_DURATION_S")
+        if self.max_upload_mb <= 0 or self.segment_s < 0 or self.batch_max_size < 2:
+            raise SettingsError("ASR_MAX_UPLOAD_MB > 0, ASR_SEGMENT_S >= 0 and ASR_BATCH_MAX_SIZE >= 2 are required")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

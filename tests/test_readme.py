@@ -1,0 +1,74 @@
+"""The README's examples run verbatim (only the port differs) against a real server."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import speech
+from tests.audio_files import encode
+from tests.conftest import Exported
+from tests.server import Server
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
+
+
+def example(name: str) -> str:
+    match = re.search(rf"<!-- example: {name} -->\n```\w+\n(.*?)```", README, re.S)
+    assert match, f"README has no example {name!r}"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def server_and_dir(tiny_bpe: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    work = tmp_path_factory.mktemp("readme")
+    (work / "speech.wav").write_bytes(encode(speech.hindi(speech.SENTENCES[2]), 16000))
+    with Server({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu"}, work / "server.log") as server:
+        yield server, work
+
+
+def test_curl_example(server_and_dir: tuple[Server, Path]) -> None:
+    server, work = server_and_dir
+    command = example("curl").replace("http://127.0.0.1:3000", server.url)
+    out = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True, timeout=120, check=True)
+    body = json.loads(out.stdout)
+    assert body["text"] and body["words"] and body["language"] == "hi"
+
+
+def test_client_example(server_and_dir: tuple[Server, Path]) -> None:
+    server, work = server_and_dir
+    code = example("client").replace("http://127.0.0.1:3000", server.url)
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) >= 2 and re.match(r"\s*\d+\.\d\d\s+\d+\.\d\d\s+\d\.\d\d \S", lines[1])
+
+
+def test_quick_start_commands_exist() -> None:
+    assert "bash scripts/serve.sh" in README and "bash scripts/test.sh" in README
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec bash scripts/test.sh")
+
+
+def test_serve_command_offline_says_what_to_do(tmp_path: Path) -> None:
+    env = {"BENTOML_HOME": str(tmp_path / "empty-store"), "BENTOML_DO_NOT_TRACK": "True", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(["bash", "scripts/serve.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 1
+    assert "--nemo PATH.nemo" in out.stderr and "--config medium" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_command_serves_a_stored_model(tiny_bpe: Exported, tmp_path: Path) -> None:
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu"}
+    with Server(env, tmp_path / "serve.log", script="scripts/serve.sh") as server:
+        import httpx
+
+        wav = encode(speech.hindi(speech.SENTENCES[0]), 16000)
+        r = httpx.post(server.url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")}, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == tiny_bpe.tag

@@ -1,0 +1,221 @@
+"""End to end through a real `bentoml serve` on 127.0.0.1 (the only mode that batches)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests import speech
+from tests.audio_files import ENCODINGS, encode
+from tests.conftest import Exported
+from tests.server import Server
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not speech.have_espeak(), reason="espeak-ng and sox are needed for Hindi speech"),
+]
+RATE = 16000
+
+
+def wav16(audio: np.ndarray) -> bytes:
+    return encode(audio, RATE, "WAV", "PCM_16")
+
+
+def nemo_texts(model: object, clips: list[np.ndarray], tmp: Path) -> list[str]:
+    """What NeMo's transcribe() says for each clip written as a 16 kHz mono 16-bit WAV file."""
+    paths = []
+    for i, clip in enumerate(clips):
+        path = tmp / f"ref{i}.wav"
+        path.write_bytes(wav16(clip))
+        paths.append(str(path))
+    return [h.text for h in model.transcribe(paths, batch_size=1, return_hypotheses=True, verbose=False)]  # type: ignore[attr-defined]
+
+
+def post(url: str, data: bytes, name: str = "a.wav", **fields: str) -> httpx.Response:
+    return httpx.post(url + "/transcribe", files={"audio": (name, data, "audio/wav")}, data=fields, timeout=120)
+
+
+def mixed_clips() -> list[np.ndarray]:
+    sentences = [speech.hindi(t) for t in speech.SENTENCES]
+    long_one, _ = speech.joined(speech.SENTENCES[:4], pause_s=0.5)
+    return [*sentences, sentences[0][:8000], long_one, speech.noise(0.7, 4), speech.noise(12.0, 5, 0.1)]
+
+
+@pytest.fixture(scope="module")
+def bpe_server(tiny_bpe: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {
+        "ASR_MODEL": tiny_bpe.tag,
+        "ASR_MAX_UPLOAD_MB": "3",
+        "ASR_MAX_DURATION_S": "90",
+        "ASR_MIN_DURATION_S": "0.05",
+        "ASR_DEVICE": "cpu",
+    }
+    with Server(env, tmp_path_factory.mktemp("logs") / "bpe.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def char_server(tiny_char: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with Server({"ASR_MODEL": tiny_char.tag}, tmp_path_factory.mktemp("logs") / "char.log") as server:
+        yield server
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_served_text_equals_nemo(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    exported: Exported = request.getfixturevalue(f"tiny_{kind}")
+    server: Server = request.getfixturevalue(f"{kind}_server")
+    clips = mixed_clips()
+    expected = nemo_texts(exported.model, clips, tmp_path)
+    got = [post(server.url, wav16(c)).json() for c in clips]
+    assert [g["text"] for g in got] == expected
+    assert len({e for e in expected}) > len(expected) // 2  # the random model says varied things
+    first = got[0]
+    assert first["model"] == exported.tag and first["language"] == "hi" and first["words"] is None
+    assert first["duration_s"] == pytest.approx(clips[0].shape[0] / RATE, abs=1e-3)
+
+
+def test_concurrent_requests_are_batched_and_unchanged(bpe_server: Server) -> None:
+    clips = mixed_clips() * 3  # 36 requests of 0.5 s to ~12 s
+    sequential = [post(bpe_server.url, wav16(c)).json()["text"] for c in clips]
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(
+                *[
+                    client.post(bpe_server.url + "/transcribe", files={"audio": ("a.wav", wav16(c), "audio/wav")})
+                    for c in clips
+                ]
+            )
+
+    responses = asyncio.run(all_at_once())
+    assert [r.status_code for r in responses] == [200] * len(clips)
+    assert [r.json()["text"] for r in responses] == sequential
+    metrics = httpx.get(bpe_server.url + "/metrics", timeout=10).text
+    total = sum(
+        float(v) for v in re.findall(r'adaptive_batch_size_sum\{[^}]*method_name="infer"[^}]*\} (\S+)', metrics)
+    )
+    count = sum(
+        float(v) for v in re.findall(r'adaptive_batch_size_count\{[^}]*method_name="infer"[^}]*\} (\S+)', metrics)
+    )
+    assert count > 0 and total / count > 1.0, f"no batch larger than 1 (sum {total}, count {count})"
+
+
+@pytest.mark.parametrize(("label", "container", "subtype"), ENCODINGS)
+def test_every_encoding_is_accepted(char_server: Server, label: str, container: str, subtype: str) -> None:
+    rate = 48000 if subtype == "OPUS" else 44100
+    stereo = np.stack([speech.hindi(speech.SENTENCES[1], rate)] * 2, axis=1)
+    r = post(char_server.url, encode(stereo, rate, container, subtype), name=f"x.{label}")
+    assert r.status_code == 200, r.text
+    assert r.json()["duration_s"] == pytest.approx(stereo.shape[0] / rate, abs=0.1)
+
+
+def test_timestamps(bpe_server: Server) -> None:
+    audio, _starts = speech.joined(speech.SENTENCES[:3], pause_s=0.6)
+    body = post(bpe_server.url, wav16(audio), timestamps="true").json()
+    words = body["words"]
+    assert words and " ".join(w["word"] for w in words).split() == body["text"].split()
+    times = [(w["start"], w["end"]) for w in words]
+    assert all(0 <= s <= e <= body["duration_s"] for s, e in times)
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(times))
+    assert all(0 < w["confidence"] <= 1 for w in words)
+
+
+def test_silence_is_valid(bpe_server: Server) -> None:
+    r = post(bpe_server.url, wav16(np.zeros(RATE, np.float32)))
+    assert r.status_code == 200 and isinstance(r.json()["text"], str)
+
+
+def error(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "message"} and body["error"] == code and body["message"]
+    assert "Traceback" not in body["message"] and "/tmp" not in body["message"]
+
+
+def test_every_error(bpe_server: Server) -> None:
+    url, ok = bpe_server.url, wav16(speech.hindi(speech.SENTENCES[0]))
+    error(post(url, b""), 400, "empty_audio")
+    error(post(url, ok[:44] + b"\x00"), 400, "empty_audio")
+    error(post(url, ok, timestamps="maybe"), 400, "bad_request")
+    error(httpx.post(url + "/transcribe", files={"file": ("a.wav", ok, "audio/wav")}, timeout=30), 400, "bad_request")
+    error(httpx.post(url + "/transcribe", data={"timestamps": "true"}, timeout=30), 400, "bad_request")
+    error(httpx.post(url + "/transcribe", json={"audio": "x"}, timeout=30), 400, "bad_request")
+    error(httpx.post(url + "/transcribe", data={"audio": "http://127.0.0.1:9/x.wav"}, timeout=30), 400, "bad_request")
+    error(post(url, encode(speech.noise(100.0, 1, rate=8000), 8000, "WAV", "PCM_U8")), 413, "audio_too_long")
+    error(post(url, b"\x00" * (4 * 1024 * 1024)), 413, "upload_too_large")
+    error(post(url, "नमस्ते, just text".encode()), 415, "unsupported_format")
+    error(post(url, np.random.default_rng(0).bytes(5000)), 415, "unsupported_format")
+    error(post(url, wav16(speech.noise(0.01, 2))), 422, "audio_too_short")
+
+
+def test_upload_over_limit_is_refused_while_streaming(bpe_server: Server) -> None:
+    """Chunked (no Content-Length): 413 once the counted bytes pass the limit, before the rest is sent."""
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        boundary = b'--x\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n'
+        yield boundary
+        for _ in range(200):  # up to 200 MB if nobody stops us
+            sent += 1
+            yield b"\x00" * (1024 * 1024)
+
+    headers = {"content-type": "multipart/form-data; boundary=x"}
+    try:
+        r = httpx.post(bpe_server.url + "/transcribe", content=chunks(), headers=headers, timeout=60)
+        error(r, 413, "upload_too_large")
+    except httpx.HTTPError:
+        pass  # the server may close the connection right after its 413
+    assert sent < 50
+
+
+def test_health_metrics_and_schema(bpe_server: Server) -> None:
+    url = bpe_server.url
+    assert httpx.get(url + "/readyz", timeout=10).status_code == 200
+    assert httpx.get(url + "/livez", timeout=10).status_code == 200
+    assert "bentoml_service_request_total" in httpx.get(url + "/metrics", timeout=10).text
+    status = httpx.post(url + "/status", timeout=10).json()
+    assert status["ready"] is True and status["providers"] == ["CPUExecutionProvider"]
+    schema = httpx.get(url + "/docs.json", timeout=10).json()
+    body = schema["paths"]["/transcribe"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert {"audio", "timestamps"} <= set(body["properties"])
+    out = schema["components"]["schemas"]
+    transcription = next(v for k, v in out.items() if "Transcription" in k or k.endswith("Output"))
+    assert {"text", "duration_s", "model", "language", "words"} <= set(transcription["properties"])
+
+
+def test_demanded_gpu_that_did_not_load_is_not_ready(tiny_bpe: Exported, tmp_path: Path) -> None:
+    with Server({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cuda"}, tmp_path / "gpu.log", wait_ready=False) as s:
+        assert httpx.get(s.url + "/readyz", timeout=10).status_code == 503
+        status = httpx.post(s.url + "/status", timeout=10).json()
+        assert status["ready"] is False and "CUDA" in status["reason"]
+        error(post(s.url, wav16(speech.hindi(speech.SENTENCES[0]))), 503, "not_ready")
+
+
+def test_concurrency_limit_and_timeout(tiny_bpe: Exported, tmp_path: Path) -> None:
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_MAX_CONCURRENCY": "2", "ASR_TIMEOUT_S": "2", "ASR_DEVICE": "cpu"}
+    long_audio = encode(speech.noise(900.0, 3, 0.05), 44100 // 2)  # 15 min: decoding + 30 segments > 2 s
+
+    async def flood(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *[
+                    client.post(url + "/transcribe", files={"audio": ("a.wav", long_audio, "audio/wav")})
+                    for _ in range(8)
+                ]
+            )
+
+    with Server(env, tmp_path / "limits.log") as s:
+        responses = asyncio.run(flood(s.url))
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(429) >= 4, codes
+        for r in responses:
+            error(r, r.status_code, {429: "too_many_requests", 504: "timeout"}[r.status_code])
+        error(post(s.url, long_audio), 504, "timeout")

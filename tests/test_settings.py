@@ -1,0 +1,48 @@
+"""Settings are read once from ASR_* variables; bad values are refused with the variable's name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+
+def test_defaults_and_overrides() -> None:
+    s = Settings.from_env({})
+    assert s == Settings() and s.model == "stt_hi_conformer_ctc_medium:latest" and s.formats == ()
+    s = Settings.from_env(
+        {
+            "ASR_MAX_DURATION_S": "10",
+            "ASR_FORMATS": "wav, flac",
+            "ASR_REQUIRE_MONO": "true",
+            "ASR_BATCH_MAX_SIZE": "8",
+            "ASR_DEVICE": "cpu",
+        }
+    )
+    assert s.max_duration_s == 10.0 and s.formats == ("WAV", "FLAC") and s.require_mono and s.batch_max_size == 8
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("ASR_MAX_UPLOAD_MB", "lots"),
+        ("ASR_DEVICE", "tpu"),
+        ("ASR_REQUIRE_MONO", "maybe"),
+        ("ASR_MIN_DURATION_S", "20"),
+        ("ASR_VARIANT", "int4"),
+        ("ASR_BATCH_MAX_SIZE", "1"),
+    ],
+)
+def test_bad_values(var: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=var.split("_", 1)[1] if var != "ASR_MIN_DURATION_S" else "MIN"):
+        Settings.from_env({var: value, "ASR_MAX_DURATION_S": "10"})
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for f in dataclasses.fields(Settings):
+        assert f"`ASR_{f.name.upper()}`" in readme, f"ASR_{f.name.upper()} is not documented"
