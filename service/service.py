@@ -7,6 +7,7 @@ transcript.py (text and word times), http.py (request guard), errors.py, setting
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from service.schemas import Transcription, Word
 from service.settings import Settings
 
 SETTINGS = Settings.from_env()
-# At class scope, so that `bentoml build` records (and containers carry) the model entry.
-MODEL = bentoml.models.BentoModel(SETTINGS.model)
+# The model: ASR_MODEL when set; else the one a bento was built for (`bentoml build --arg model=TAG`, kept in
+# the bento); else the default. At class scope, so that `bentoml build` records (and containers carry) it.
+MODEL_TAG = SETTINGS.model if "ASR_MODEL" in os.environ else getattr(bentoml.use_arguments(), "model", SETTINGS.model)
+MODEL = bentoml.models.BentoModel(MODEL_TAG)
 log = logging.getLogger("asr")
 
 

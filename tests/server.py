@@ -38,7 +38,9 @@ class Server:
         # $BENTOML_HOME/prometheus_multiproc_dir at start, so servers sharing a home lose each other's metrics.
         shared = Path(self.env.get("BENTOML_HOME", Path.home() / "bentoml"))
         home = Path(tempfile.mkdtemp(prefix="asr-serve-home-"))
-        (home / "models").symlink_to(shared / "models", target_is_directory=True)
+        for store in ("models", "bentos"):
+            (shared / store).mkdir(parents=True, exist_ok=True)
+            (home / store).symlink_to(shared / store, target_is_directory=True)
         self.env["BENTOML_HOME"] = str(home)
         self.log_path, self.target, self.wait_ready = log, target, wait_ready
         self.proc: subprocess.Popen[bytes] | None = None

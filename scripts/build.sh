@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the bento (offline) and its OCI image with whatever engine this machine has (docker, else podman).
+#   ASR_MODEL=<store tag> scripts/build.sh [--bento-only] [IMAGE]   (default model stt_hi_conformer_ctc_medium)
+# Prints the bento tag, then the image name, as its last lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENTOML=${BENTOML:-.venv/bin/bentoml}
+model=${ASR_MODEL:-stt_hi_conformer_ctc_medium:latest}
+bento_only=0
+if [ "${1:-}" = --bento-only ]; then bento_only=1; shift; fi
+image=${1:-nemo-ctc-asr:latest}
+# Pin the model's concrete version into the bento; the bento serves it unless ASR_MODEL says otherwise.
+resolved=$("$BENTOML" models get "$model" -o json 2>/dev/null \
+  | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["name"] + ":" + m["version"])' 2>/dev/null || true)
+[ -n "$resolved" ] || { echo "build: model $model is not in the store (BENTOML_HOME=${BENTOML_HOME:-~/bentoml}); export it first" >&2; exit 1; }
+bento=$(env -u ASR_MODEL BENTOML_NO_LOCAL_URL=1 BENTOML_DO_NOT_TRACK=True "$BENTOML" build --arg "model=$resolved" -o tag | sed -n 's/^__tag__://p')
+echo "build: bento $bento (model $resolved)" >&2
+if [ "$bento_only" = 1 ]; then echo "$bento"; exit 0; fi
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  backend=docker
+elif command -v podman >/dev/null; then
+  backend=podman
+else
+  echo "build: neither docker nor podman is available; the bento is built, the image is not" >&2
+  echo "$bento"
+  exit 2
+fi
+echo "build: building image $image with $backend" >&2
+# podman finds a local python:3.11-slim base (see shared/container) before it would try to pull one.
+"$BENTOML" containerize "$bento" --backend "$backend" -t "$image" >&2
+echo "$bento"
+echo "$image"

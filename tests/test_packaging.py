@@ -1,0 +1,175 @@
+"""The bento (built offline, lean) and the OCI image (really built and run here with podman or docker)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests import speech
+from tests.audio_files import encode
+from tests.conftest import Exported
+from tests.server import ROOT, Server, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
+BENTOML = str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "bentoml")
+FORBIDDEN = ("torch", "nemo", "nemo_toolkit", "lightning", "transformers")
+
+
+def build(*args: str, offline: bool = True) -> list[str]:
+    env = {**os.environ, "BENTOML": str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "bentoml")}
+    if offline:  # no index, no proxy: the bento build must not need the network
+        env.update(
+            PIP_INDEX_URL="http://127.0.0.1:9/simple",
+            UV_INDEX_URL="http://127.0.0.1:9/simple",
+            HTTPS_PROXY="http://127.0.0.1:9",
+            HTTP_PROXY="http://127.0.0.1:9",
+        )
+    out = subprocess.run(
+        ["bash", "scripts/build.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def bento(tiny_bpe: Exported) -> str:
+    os.environ["ASR_MODEL"] = tiny_bpe.tag
+    try:
+        return build("--bento-only")[-1]
+    finally:
+        del os.environ["ASR_MODEL"]
+
+
+@pytest.fixture(scope="module")
+def speech_wav() -> bytes:
+    return encode(speech.hindi(speech.SENTENCES[4]), 16000)
+
+
+@pytest.fixture(scope="module")
+def dev_text(tiny_bpe: Exported, speech_wav: bytes, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """What the development server (`bentoml serve` from the repository) answers."""
+    log = tmp_path_factory.mktemp("dev") / "dev.log"
+    with Server({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu"}, log) as server:
+        return str(transcribe(server.url, speech_wav)["text"])
+
+
+def transcribe(url: str, wav: bytes) -> dict[str, object]:
+    r = httpx.post(url + "/transcribe", files={"audio": ("s.wav", wav, "audio/wav")}, timeout=120)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def bento_path(tag: str) -> Path:
+    out = subprocess.run([BENTOML, "get", tag, "-o", "path"], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def test_bento_is_lean_and_references_the_model(bento: str, tiny_bpe: Exported) -> None:
+    path = bento_path(bento)
+    requirements = (path / "env" / "python" / "requirements.txt").read_text().lower()
+    names = {line.split("==")[0].split("[")[0].strip() for line in requirements.splitlines() if line.strip()}
+    assert not names & set(FORBIDDEN), names
+    assert "onnxruntime-gpu" in names and all("==" in line for line in requirements.splitlines() if line.strip())
+    files = {p.relative_to(path / "src").as_posix() for p in (path / "src").rglob("*") if p.is_file()}
+    assert "service/service.py" in files and not any(f.startswith(("tests/", "export/")) for f in files)
+    spec = yaml.safe_load((path / "bento.yaml").read_text())
+    tags = {m["tag"] for s in spec["services"] for m in s.get("models", [])}
+    assert tags == {tiny_bpe.tag} and spec["args"]["model"] == tiny_bpe.tag
+
+
+def test_bento_serves_what_the_dev_server_serves(bento: str, speech_wav: bytes, dev_text: str, tmp_path: Path) -> None:
+    env = {"ASR_DEVICE": "cpu"}
+    os.environ.pop("ASR_MODEL", None)
+    with Server(env, tmp_path / "bento.log", target=bento) as server:
+        body = transcribe(server.url, speech_wav)
+    assert body["text"] == dev_text and str(body["model"]).startswith("tiny_conformer_ctc_bpe:")
+
+
+def engine() -> str | None:
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        return "docker"
+    return "podman" if shutil.which("podman") else None
+
+
+@pytest.fixture(scope="module")
+def image(tiny_bpe: Exported) -> Iterator[tuple[str, str]]:
+    tool = engine()
+    if tool is None:
+        pytest.skip("neither podman nor docker is installed: the container cannot be built here")
+    name = f"localhost/nemo-ctc-asr-test:{int(time.time())}"
+    os.environ["ASR_MODEL"] = tiny_bpe.tag
+    try:
+        lines = build(name, offline=False)  # the image build installs the runtime wheels from the index
+    finally:
+        del os.environ["ASR_MODEL"]
+    yield tool, lines[-1]
+    subprocess.run([tool, "rmi", "-f", lines[-1]], capture_output=True)
+
+
+class Container:
+    def __init__(self, tool: str, image: str, env: dict[str, str]) -> None:
+        self.tool, self.port = tool, free_port()
+        args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+        out = subprocess.run(
+            [tool, "run", "-d", "-p", f"127.0.0.1:{self.port}:3000", *args, image, "serve"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.id = out.stdout.strip().splitlines()[-1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait(self, path: str = "/readyz", seconds: float = 180) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        logs = subprocess.run([self.tool, "logs", self.id], capture_output=True, text=True).stdout
+        raise TimeoutError(f"container not answering {path}:\n{logs[-3000:]}")
+
+    def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.tool, "exec", self.id, *command], capture_output=True, text=True)
+
+    def remove(self) -> None:
+        subprocess.run([self.tool, "rm", "-f", "-t", "5", self.id], capture_output=True)
+
+
+def test_container_answers_like_the_dev_server(image: tuple[str, str], speech_wav: bytes, dev_text: str) -> None:
+    tool, name = image
+    c = Container(tool, name, {"ASR_DEVICE": "auto"})
+    try:
+        c.wait()
+        body = transcribe(c.url, speech_wav)
+        assert body["text"] == dev_text
+        assert c.exec("id", "-u").stdout.strip() != "0"  # non-root
+        listed = c.exec("python", "-m", "pip", "list", "--format=freeze").stdout.lower()
+        listed += c.exec("uv", "pip", "list").stdout.lower()
+        assert not any(f"{p}==" in listed or f"\n{p} " in listed for p in FORBIDDEN)
+        assert c.exec("python", "-c", "import torch").returncode != 0
+        assert httpx.post(c.url + "/status", timeout=10).json()["providers"] == ["CPUExecutionProvider"]
+    finally:
+        c.remove()
+
+
+def test_container_demanding_a_gpu_is_not_ready(image: tuple[str, str]) -> None:
+    tool, name = image
+    c = Container(tool, name, {"ASR_DEVICE": "cuda"})
+    try:
+        c.wait("/livez")
+        assert httpx.get(c.url + "/readyz", timeout=10).status_code == 503
+        status = httpx.post(c.url + "/status", timeout=10).json()
+        assert status["ready"] is False and "CUDA" in status["reason"]
+    finally:
+        c.remove()
