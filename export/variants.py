@@ -24,7 +24,7 @@ KINDS = ("optimized", "int8", "fp16")
 TOLERANCE = {"optimized": 1e-3, "int8": 2.0, "fp16": 0.5}
 
 
-def _write(kind: str, source: Path, target: Path) -> None:
+def write_variant(kind: str, source: Path, target: Path) -> None:
     if kind == "optimized":
         import onnxruntime as ort
 
@@ -60,7 +60,7 @@ def make_variant(
     from export.pipeline import ort_runner
 
     file = f"model.{kind}.onnx"
-    _write(kind, directory / graph_file, directory / file)
+    write_variant(kind, directory / graph_file, directory / file)
     report, problems = measure_parity(
         model, ort_runner(directory / file), clips, detokenizer, blank_id, sample_rate, TOLERANCE[kind], reference
     )

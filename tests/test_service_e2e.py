@@ -219,3 +219,37 @@ def test_concurrency_limit_and_timeout(tiny_bpe: Exported, tmp_path: Path) -> No
         for r in responses:
             error(r, r.status_code, {429: "too_many_requests", 504: "timeout"}[r.status_code])
         error(post(s.url, long_audio), 504, "timeout")
+
+
+def test_batch_queue_over_its_latency_bound_is_503(tiny_bpe: Exported, tmp_path: Path) -> None:
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_BATCH_MAX_LATENCY_MS": "5", "ASR_DEVICE": "cpu"}
+    clips = [speech.noise(20.0, i, 0.1) for i in range(16)]
+
+    async def flood(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(
+                *[client.post(url + "/transcribe", files={"audio": ("a.wav", wav16(c), "audio/wav")}) for c in clips]
+            )
+
+    with Server(env, tmp_path / "overload.log") as s:
+        responses = asyncio.run(flood(s.url))
+    refused = [r for r in responses if r.status_code != 200]
+    assert refused, "nothing was refused with a 5 ms latency bound"
+    for r in refused:
+        error(r, 503, "overloaded")
+        assert r.headers["retry-after"] == "1"
+
+
+def test_long_audio_is_segmented_and_batched(bpe_server: Server) -> None:
+    audio, _ = speech.joined(speech.SENTENCES * 4, pause_s=0.8)  # ~70 s: three 30-s segments
+    body = post(bpe_server.url, wav16(audio), timestamps="true").json()
+    assert body["segments"] == 3 and body["duration_s"] == pytest.approx(audio.shape[0] / RATE, abs=1e-3)
+    starts = [w["start"] for w in body["words"]]
+    assert starts == sorted(starts) and starts[-1] > 60
+    assert " ".join(w["word"] for w in body["words"]).split() == body["text"].split()
+
+
+def test_corrupt_audio_is_400(bpe_server: Server) -> None:
+    nan = speech.hindi(speech.SENTENCES[0]).copy()
+    nan[500] = np.inf
+    error(post(bpe_server.url, encode(nan, RATE, "WAV", "FLOAT")), 400, "undecodable_audio")
