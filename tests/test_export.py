@@ -126,9 +126,11 @@ def _export_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_nemo_file_source_through_cli(tiny_char: Exported, tmp_path: Path) -> None:
-    nemo = tmp_path / "my_char_model.nemo"
-    tiny_char.model.save_to(str(nemo))
+@pytest.mark.parametrize("kind", ["tiny_char", "tiny_bpe"])
+def test_nemo_file_source_through_cli(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    exported: Exported = request.getfixturevalue(kind)
+    nemo = tmp_path / "my_model.nemo"
+    exported.model.save_to(str(nemo))
     result = _export_cli("--nemo", str(nemo), "--name", "from_file", home=tmp_path / "store")
     assert result.returncode == 0, result.stderr[-2000:]
     tag = result.stdout.strip().splitlines()[-1]
@@ -136,7 +138,7 @@ def test_nemo_file_source_through_cli(tiny_char: Exported, tmp_path: Path) -> No
     entry = next((tmp_path / "store" / "models" / "from_file").glob("*/manifest.json"))
     manifest = Manifest.model_validate_json(entry.read_text(encoding="utf-8"))
     assert manifest.source["kind"] == "nemo" and len(manifest.source["sha256"]) == 64
-    assert manifest.vocabulary == tiny_char.manifest.vocabulary
+    assert manifest.vocabulary == exported.manifest.vocabulary and manifest.tokenizer == exported.manifest.tokenizer
     assert "[export] parity: tokens" in result.stderr
 
 
@@ -183,3 +185,24 @@ def test_near_silence_keeps_nemo_tokens(any_model: Exported) -> None:
         tolerance=1e-2,
     )
     assert problems == [] and report.identical_tokens == len(clips) and report.identical_text == len(clips)
+
+
+def test_variants_are_verified_and_recorded(tiny_bpe: Exported, tmp_path: Path) -> None:
+    """The optimised graph must stay exact; int8 is measured and recorded, not assumed."""
+    import shutil
+
+    from export.variants import make_variant
+    from export.verify import nemo_reference, verification_clips
+
+    shutil.copy(tiny_bpe.directory / "model.onnx", tmp_path / "model.onnx")
+    m = tiny_bpe.manifest
+    clips = verification_clips(m.sample_rate)[:4]
+    reference = nemo_reference(tiny_bpe.model, clips)
+    detok = Detokenizer(m.vocabulary, m.tokenizer)
+    args = (tiny_bpe.model, clips, detok, m.blank_id, m.sample_rate, reference)
+    optimized = make_variant("optimized", tmp_path, "model.onnx", *args)
+    assert optimized.parity.identical_tokens == len(clips) and optimized.parity.max_abs_logprob_diff <= 1e-3
+    int8 = make_variant("int8", tmp_path, "model.onnx", *args)
+    assert (tmp_path / int8.file).stat().st_size < (tmp_path / "model.onnx").stat().st_size
+    assert int8.parity.clips == len(clips) and int8.parity.max_abs_logprob_diff > 0
+    assert f"{int8.parity.identical_tokens}/{len(clips)} clips" in int8.note  # the figures travel with it
