@@ -33,9 +33,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class FormRoute:
     file_field: str  # the one file field
     fields: frozenset[str] = field(default_factory=frozenset)  # every accepted field, the file's included
+    style: str = "asr"  # error bodies: "asr" {"error": code, "message": text}, or "openai" (OpenAI's shape)
+    allow_unknown: bool = False  # ignore fields not in `fields` (OpenAI clients may send newer options)
 
 
-async def send_json(send: Send, status: int, body: dict[str, str], headers: dict[str, str] | None = None) -> None:
+def error_body(style: str, status: int, code: str, message: str) -> dict[str, Any]:
+    if style == "openai":
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return {"error": code, "message": message}
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     payload = json.dumps(body, ensure_ascii=False).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -43,13 +52,15 @@ async def send_json(send: Send, status: int, body: dict[str, str], headers: dict
     await send({"type": "http.response.body", "body": payload})
 
 
-def reshape_error(status: int, body: bytes) -> dict[str, str] | None:
-    """BentoML's error body -> ours; None when it already has our shape."""
+def reshape_error(status: int, body: bytes, style: str = "asr") -> dict[str, Any] | None:
+    """BentoML's error body -> ours (in the route's style); None when it already has that shape."""
     try:
         data: Any = json.loads(body or b"null")
     except ValueError:
         data = body.decode("utf-8", "replace").strip()
     if isinstance(data, dict) and set(data) == {"error", "message"}:
+        return None if style == "asr" else error_body(style, status, str(data["error"]), str(data["message"]))
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):  # already OpenAI's shape
         return None
     if isinstance(data, list) and data and isinstance(data[0], dict):  # BentoML 4xx: [{"error": ...}]
         data = data[0]
@@ -59,7 +70,7 @@ def reshape_error(status: int, body: bytes) -> dict[str, str] | None:
         message = "; ".join(d.strip(": ") for d in details) or message
     if status >= 500 and status not in (503, 504):
         message = "internal error; the server log has the details"
-    return {"error": STATUS_CODES.get(status, "error"), "message": str(message)[:500] or "request failed"}
+    return error_body(style, status, STATUS_CODES.get(status, "error"), str(message)[:500] or "request failed")
 
 
 class RequestGuard:
@@ -74,14 +85,16 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = self._shaping(send)
         route = self.routes.get(scope["path"])
+        style = route.style if route else "asr"
+        send = self._shaping(send, style)
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_concurrency:
             message = f"more than {self.max_concurrency} requests in flight; retry shortly"
-            await send_json(send, 429, {"error": "too_many_requests", "message": message}, {"retry-after": "1"})
+            body = error_body(style, 429, "too_many_requests", message)
+            await send_json(send, 429, body, {"retry-after": "1"})
             return
         started = False
 
@@ -97,7 +110,7 @@ class RequestGuard:
         except TimeoutError:
             if not started:
                 message = f"not transcribed within {self.timeout_s:g} s"
-                await send_json(send, 504, {"error": "timeout", "message": message})
+                await send_json(send, 504, error_body(style, 504, "timeout", message))
         finally:
             self.in_flight -= 1
 
@@ -105,7 +118,7 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
-            await self._too_large(send)
+            await self._too_large(send, route.style)
             return
         body = bytearray()
         while True:
@@ -114,22 +127,22 @@ class RequestGuard:
                 return
             body += message.get("body", b"")
             if len(body) > self.max_body:
-                await self._too_large(send)
+                await self._too_large(send, route.style)
                 return
             if not message.get("more_body", False):
                 break
         problem = await check_form(scope, bytes(body), headers.get("content-type", ""), route)
         if problem:
-            await send_json(send, 400, {"error": "bad_request", "message": problem})
+            await send_json(send, 400, error_body(route.style, 400, "bad_request", problem))
             return
         await self.app(scope, _replay(bytes(body), receive), send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, style: str) -> None:
         limit_mb = self.max_body / (1024 * 1024)
-        body = {"error": "upload_too_large", "message": f"the upload is larger than {limit_mb:g} MB"}
+        body = error_body(style, 413, "upload_too_large", f"the upload is larger than {limit_mb:g} MB")
         await send_json(send, 413, body, {"connection": "close"})
 
-    def _shaping(self, send: Send) -> Send:
+    def _shaping(self, send: Send, style: str) -> Send:
         state: dict[str, Any] = {}
 
         async def shaped(message: Message) -> None:
@@ -144,7 +157,7 @@ class RequestGuard:
                 return
             start, raw = state.pop("start"), bytes(state.pop("body"))
             status = start["status"]
-            body = reshape_error(status, raw)
+            body = reshape_error(status, raw, style)
             if body is None:
                 await send(start)
                 await send({"type": "http.response.body", "body": raw})
@@ -183,7 +196,7 @@ async def check_form(scope: Scope, body: bytes, content_type: str, route: FormRo
         return "the multipart body could not be parsed"
     try:
         unknown = sorted(set(form.keys()) - route.fields)
-        if unknown:
+        if unknown and not route.allow_unknown:
             return f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}"
         values = form.getlist(route.file_field)
         if len(values) != 1:

@@ -12,12 +12,20 @@ class Word(BaseModel):
     confidence: float = Field(description="mean per-frame probability of the word's tokens, 0..1")
 
 
+class SegmentSpan(BaseModel):
+    start: float = Field(description="seconds from the start of the audio")
+    end: float = Field(description="seconds from the start of the audio")
+    text: str = Field(description="this segment's own transcript")
+
+
 class Transcription(BaseModel):
     text: str
     duration_s: float = Field(description="duration of the audio as sent")
     model: str = Field(description="store tag of the model that transcribed it")
     language: str
-    segments: int = Field(description="pieces the audio was cut into (1 unless it was longer than a segment)")
+    segments: list[SegmentSpan] = Field(
+        description="the pieces the audio was transcribed in: one, unless it was longer than a segment"
+    )
     words: list[Word] | None = Field(default=None, description="only when timestamps=true")
 
 

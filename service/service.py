@@ -13,13 +13,16 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from service.errors import ASRError, NotReady, Overloaded
+from service.formats import ResponseFormat, render
 from service.http import FormRoute, RequestGuard
+from service.openai_api import OPENAI_FIELDS, openai_app
 from service.recognizer import SegmentResult
-from service.schemas import Transcription, Word
+from service.schemas import SegmentSpan, Transcription, Word
 from service.settings import Settings
+from service.transcript import Transcript
 
 SETTINGS = Settings.from_env()
 # The model: ASR_MODEL when set; else the one a bento was built for (`bentoml build --arg model=TAG`, kept in
@@ -66,6 +69,7 @@ class Recognizer:
         }
 
 
+@bentoml.asgi_app(openai_app, path="/v1")
 @bentoml.service(
     name="asr",
     # RequestGuard enforces ASR_TIMEOUT_S and ASR_MAX_CONCURRENCY with our error bodies; BentoML's own
@@ -108,35 +112,51 @@ class Transcriber:
         return status
 
     @bentoml.api
-    async def transcribe(self, audio: Path, timestamps: bool = False) -> Transcription:
+    async def transcribe(
+        self, audio: Path, timestamps: bool = False, response_format: ResponseFormat = "json"
+    ) -> Transcription:
         """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, any rate and
-        channel count. `timestamps=true` adds words with start/end seconds and confidence."""
+        channel count. `timestamps=true` adds words with start/end seconds and confidence.
+        `response_format`: json (this schema), text, srt or vtt."""
+        import anyio
+
         try:
-            return await self._transcribe(audio, timestamps)
+            transcript = await self.run(await anyio.Path(audio).read_bytes())
         except ASRError as exc:
             headers = {"Retry-After": "1"} if exc.status == 503 else None
             return JSONResponse(exc.body(), status_code=int(exc.status), headers=headers)  # type: ignore[return-value]
+        if response_format != "json":
+            return PlainTextResponse(render(transcript, response_format))  # type: ignore[return-value]
+        words = [Word(**vars(w)) for w in transcript.words] if timestamps else None
+        return Transcription(
+            text=transcript.text,
+            duration_s=round(transcript.duration_s, 3),
+            model=self.tag,
+            language=self.manifest.language,
+            segments=[SegmentSpan(start=s.start, end=s.end, text=s.text) for s in transcript.segments],
+            words=words,
+        )
 
     @bentoml.api
     async def status(self) -> dict[str, Any]:
         """The model served, its providers and readiness (with the reason when not ready)."""
         return {"model": self.tag, "language": self.manifest.language, **(await self._recognizer_status())}
 
-    async def _transcribe(self, audio: Path, timestamps: bool) -> Transcription:
+    async def run(self, data: bytes) -> Transcript:
+        """Bytes of an audio file -> transcript: decode, cut, recognise (batched), assemble."""
         import anyio
 
         from service.audio import decode
         from service.segment import split
-        from service.transcript import join_text, segment_words
+        from service.transcript import assemble
 
         if not self._recognizer_ready:
             status = await self._recognizer_status()
             if not status["ready"]:
                 raise NotReady(f"the service is not ready: {status['reason']}")
         rate = self.manifest.sample_rate
-        data = await anyio.Path(audio).read_bytes()
         decoded = await anyio.to_thread.run_sync(decode, data, rate, self.limits)
-        segments = split(decoded.samples, self.segment_samples, rate)
+        segments = split(decoded.samples, self.segment_samples, rate, SETTINGS.min_pause_s)
         try:
             raw = await self.recognizer.to_async.infer([s.samples for s in segments])
         except bentoml.exceptions.BentoMLException as exc:
@@ -146,28 +166,16 @@ class Transcriber:
                 raise Overloaded("the recognizer is overloaded; retry shortly") from exc
             raise
         results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
-        words = None
-        if timestamps:
-            end = decoded.samples.shape[0] / rate
-            words = [
-                Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence)
-                for seg, res in zip(segments, results, strict=True)
-                for w in segment_words(res, self.detok, self.manifest.frame_shift_s, seg.start / rate, end)
-            ]
-        return Transcription(
-            text=join_text(results, self.detok),
-            duration_s=round(decoded.duration_s, 3),
-            model=self.tag,
-            language=self.manifest.language,
-            segments=len(segments),
-            words=words,
-        )
+        return assemble(segments, results, self.detok, self.manifest.frame_shift_s, rate, decoded.duration_s)
 
 
 Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_body=SETTINGS.max_upload_bytes,
-    routes={"/transcribe": FormRoute("audio", frozenset({"audio", "timestamps"}))},
+    routes={
+        "/transcribe": FormRoute("audio", frozenset({"audio", "timestamps", "response_format"})),
+        "/v1/audio/transcriptions": FormRoute("file", OPENAI_FIELDS, style="openai", allow_unknown=True),
+    },
     max_concurrency=SETTINGS.max_concurrency,
     timeout_s=SETTINGS.timeout_s,
 )

@@ -31,6 +31,9 @@ class Settings:
     # Longest piece of audio sent to the model at once; longer audio is cut at quiet points. 0: the model's
     # own limit (max_segment_s in the manifest). Audio up to this length is transcribed exactly as NeMo does.
     segment_s: float = 30.0
+    # Audio longer than a segment is cut at the centre of every pause at least this long (one utterance per
+    # segment); an utterance longer than a segment is cut at its quietest point.
+    min_pause_s: float = 0.3
     # Containers accepted, as soundfile names (WAV, FLAC, OGG, MP3, ...); empty: anything soundfile decodes.
     formats: tuple[str, ...] = ()
     # Accept only this input sample rate (0: any rate, resampled to the model's).
@@ -80,8 +83,11 @@ class Settings:
             raise SettingsError(f"ASR_VARIANT={self.variant!r}: use optimized, int8, fp16 or leave it empty")
         if not 0 <= self.min_duration_s <= self.max_duration_s:
             raise SettingsError("ASR_MIN_DURATION_S must be between 0 and ASR_MAX_DURATION_S")
-        if self.max_upload_mb <= 0 or self.segment_s < 0 or self.batch_max_size < 2:
-            raise SettingsError("ASR_MAX_UPLOAD_MB > 0, ASR_SEGMENT_S >= 0 and ASR_BATCH_MAX_SIZE >= 2 are required")
+        if self.max_upload_mb <= 0 or self.segment_s < 0 or self.batch_max_size < 2 or self.min_pause_s <= 0:
+            raise SettingsError(
+                "ASR_MAX_UPLOAD_MB > 0, ASR_SEGMENT_S >= 0, ASR_MIN_PAUSE_S > 0 and ASR_BATCH_MAX_SIZE >= 2 "
+                "are required"
+            )
 
     @property
     def max_upload_bytes(self) -> int:

@@ -35,3 +35,20 @@ def test_cuts_fall_in_pauses() -> None:
     segments = split(audio, 10 * RATE, RATE)
     for s in segments[1:]:
         assert np.all(audio[s.start - 80 : s.start + 80] == 0)  # the cut is inside a pause
+
+
+def test_long_audio_becomes_one_segment_per_utterance() -> None:
+    rng = np.random.default_rng(2)
+    pause = np.zeros(int(0.5 * RATE), np.float32)
+    parts, spans, t = [pause], [], pause.shape[0]
+    for seconds in (2.0, 3.5, 1.2, 4.0, 2.5):
+        speech = (0.2 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
+        spans.append((t, t + speech.shape[0]))
+        parts += [speech, pause]
+        t += speech.shape[0] + pause.shape[0]
+    audio = np.concatenate(parts)
+    segments = split(audio, 10 * RATE, RATE, min_pause_s=0.3)
+    assert len(segments) == len(spans)
+    for seg, (lo, hi) in zip(segments, spans, strict=True):  # each segment holds one utterance, whole
+        assert seg.start <= lo and hi <= seg.start + seg.samples.shape[0]
+    assert split(audio, audio.shape[0], RATE)[0].samples is audio  # not longer than a segment: never cut

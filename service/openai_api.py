@@ -1,0 +1,133 @@
+"""OpenAI-compatible routes, mounted at /v1 on the entry service: POST /v1/audio/transcriptions (as OpenAI's
+SDKs send it) and GET /v1/models. Same audio handling, limits and pipeline as /transcribe; errors in OpenAI's
+error-object shape. A Starlette app because the form field `timestamp_granularities[]` is not a Python name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from service.errors import ASRError, BadRequest
+from service.formats import openai_verbose, render
+from service.http import error_body
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("word", "segment")
+OPENAI_FIELDS = frozenset(
+    {
+        "file",
+        "model",
+        "language",
+        "prompt",
+        "response_format",
+        "temperature",
+        "timestamp_granularities[]",
+        "timestamp_granularities",
+    }
+)
+# ISO 639-1 -> the language name OpenAI's verbose_json reports.
+LANGUAGE_NAMES = {
+    "hi": "hindi",
+    "en": "english",
+    "mr": "marathi",
+    "bn": "bengali",
+    "ta": "tamil",
+    "te": "telugu",
+    "gu": "gujarati",
+    "kn": "kannada",
+    "ml": "malayalam",
+    "pa": "punjabi",
+    "ur": "urdu",
+    "de": "german",
+    "es": "spanish",
+    "fr": "french",
+    "it": "italian",
+    "ru": "russian",
+}
+
+
+def _service() -> Any:
+    import bentoml
+
+    return bentoml.get_current_service()
+
+
+def served_names(service: Any) -> list[str]:
+    """The names a request may give as `model`: the store name and the full tag."""
+    return [service.tag.split(":")[0], service.tag]
+
+
+async def transcriptions(request: Request) -> Response:
+    service = _service()
+    try:
+        form = await request.form()
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise BadRequest("the field 'file' must be an uploaded audio file")
+            options = _options(form, service)
+            data = await upload.read()
+        finally:
+            await form.close()
+        transcript = await service.run(data)
+    except ASRError as exc:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message), int(exc.status), headers)
+    fmt = options["response_format"]
+    if fmt == "json":
+        return JSONResponse({"text": transcript.text})
+    if fmt == "verbose_json":
+        language = LANGUAGE_NAMES.get(service.manifest.language, service.manifest.language)
+        grains = options["granularities"]
+        return JSONResponse(openai_verbose(transcript, language, "word" in grains, "segment" in grains or not grains))
+    return PlainTextResponse(render(transcript, fmt))
+
+
+def _options(form: Any, service: Any) -> dict[str, Any]:
+    model = str(form.get("model") or "")
+    if model and model not in served_names(service):
+        raise BadRequest(f"unknown model {model!r}; served: {', '.join(served_names(service))}")
+    language = str(form.get("language") or "")
+    if language and language != service.manifest.language:
+        raise BadRequest(f"language {language!r} is not served; served: {service.manifest.language}")
+    fmt = str(form.get("response_format") or "json")
+    if fmt not in FORMATS:
+        raise BadRequest(f"response_format must be one of {', '.join(FORMATS)}")
+    grains = [str(g) for g in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")]
+    if any(g not in GRANULARITIES for g in grains):
+        raise BadRequest(f"timestamp_granularities[] takes {' and '.join(GRANULARITIES)}")
+    temperature = form.get("temperature")
+    if temperature not in (None, ""):
+        try:
+            float(str(temperature))  # accepted and ignored: decoding is greedy
+        except ValueError:
+            raise BadRequest("temperature must be a number") from None
+    return {"response_format": fmt, "granularities": grains}
+
+
+async def models(request: Request) -> Response:
+    service = _service()
+    name = served_names(service)[0]
+    entry = {
+        "id": name,
+        "object": "model",
+        "owned_by": "local",
+        "language": service.manifest.language,
+        "sample_rate": service.manifest.sample_rate,
+        "tag": service.tag,
+    }
+    return JSONResponse({"object": "list", "data": [entry]})
+
+
+openai_app = Starlette(
+    routes=[
+        Route("/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/models", models, methods=["GET"]),
+    ]
+)

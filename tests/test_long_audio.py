@@ -1,0 +1,211 @@
+"""Long audio through the server: cut in pauses, batched, stitched; timestamps; memory; subtitles; OpenAI SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import soundfile as sf
+import srt as srt_lib
+import webvtt
+
+from tests import speech
+from tests.audio_files import encode
+from tests.conftest import Exported
+from tests.server import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
+RATE = 16000
+PAUSE_S = 0.8
+
+
+@pytest.fixture(scope="module")
+def server(tiny_char: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"ASR_MODEL": tiny_char.tag, "ASR_DEVICE": "cpu", "ASR_TIMEOUT_S": "600"}
+    with Server(env, tmp_path_factory.mktemp("long") / "server.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def long_file() -> tuple[bytes, list[tuple[float, float]]]:
+    """About 3 minutes: the test sentences ten times over, 0.8 s of silence between them."""
+    texts = speech.SENTENCES * 10
+    audio, starts = speech.joined(texts, pause_s=PAUSE_S)
+    spans = [(s, s + speech.hindi(t).shape[0] / RATE) for s, t in zip(starts, texts, strict=True)]
+    return encode(audio, RATE), spans
+
+
+def recognizer_rss(server: Server) -> psutil.Process:
+    workers = [p for p in server.processes() if "asr_recognizer" in " ".join(p.cmdline())]
+    assert len(workers) == 1, [p.cmdline() for p in server.processes()]
+    return workers[0]
+
+
+def peak_rss_during(server: Server, wav: bytes) -> tuple[dict[str, object], int]:
+    proc, peak, done = recognizer_rss(server), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    try:
+        r = httpx.post(
+            server.url + "/transcribe",
+            files={"audio": ("a.wav", wav, "audio/wav")},
+            data={"timestamps": "true"},
+            timeout=600,
+        )
+    finally:
+        done.set()
+        watcher.join()
+    assert r.status_code == 200, r.text
+    return dict(r.json()), peak[0]
+
+
+def test_long_file_is_cut_in_pauses_and_equals_nemo_per_segment(
+    server: Server, tiny_char: Exported, long_file: tuple[bytes, list[tuple[float, float]]], tmp_path: Path
+) -> None:
+    wav, spans = long_file
+    body, _ = peak_rss_during(server, wav)
+    segments = body["segments"]
+    assert isinstance(segments, list) and len(segments) == len(spans)  # one utterance per segment
+    audio, _ = sf.read(io.BytesIO(wav), dtype="float32")
+    # every cut lies in a pause: strictly between the end of one sentence and the start of the next
+    for seg in segments[1:]:
+        before = [e for s, e in spans if e <= seg["start"]]
+        after = [s for s, e in spans if s >= seg["start"]]
+        assert before and after and after[0] - before[-1] == pytest.approx(PAUSE_S, abs=0.01)
+    # the text is the concatenation of NeMo's transcript of each segment's own audio
+    paths = []
+    for i, seg in enumerate(segments):
+        lo, hi = round(seg["start"] * RATE), round(seg["end"] * RATE)
+        path = tmp_path / f"seg{i}.wav"
+        sf.write(path, audio[lo:hi], RATE, subtype="FLOAT")
+        paths.append(str(path))
+    hyps = tiny_char.model.transcribe(paths, batch_size=8, return_hypotheses=True, verbose=False)
+    assert [s["text"] for s in segments] == [h.text for h in hyps]
+    assert body["text"] == " ".join(h.text.strip() for h in hyps if h.text.strip())
+
+
+def test_word_times_match_the_sentences(server: Server, long_file: tuple[bytes, list[tuple[float, float]]]) -> None:
+    """Random weights put words anywhere inside their utterance, so the stated tolerance is the silence around
+    it: every word lies between the end of the previous sentence and the start of the next one (one pause,
+    0.8 s, on each side of its own sentence), and times are monotonic within the audio."""
+    wav, spans = long_file
+    body, _ = peak_rss_during(server, wav)
+    words = body["words"]
+    assert isinstance(words, list) and words
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(0 <= w["start"] <= w["end"] <= body["duration_s"] for w in words)
+    ends = [0.0] + [e for _, e in spans]
+    begins = [s for s, _ in spans] + [float(body["duration_s"])]  # type: ignore[arg-type]
+    widened = [(ends[i] - 0.01, begins[i + 1] + 0.01) for i in range(len(spans))]
+    for w in words:
+        assert any(lo <= w["start"] and w["end"] <= hi for lo, hi in widened), w
+
+
+def test_memory_does_not_grow_with_the_square(
+    server: Server, long_file: tuple[bytes, list[tuple[float, float]]]
+) -> None:
+    thirty = encode(speech.joined(speech.SENTENCES * 2, pause_s=0.5)[0][: 30 * RATE], RATE)
+    _, peak_short = peak_rss_during(server, thirty)
+    wav, _ = long_file
+    _, peak_long = peak_rss_during(server, wav)
+    ten_minutes = encode(np.tile(sf.read(io.BytesIO(wav), dtype="float32")[0], 4)[: 600 * RATE], RATE)
+    body, peak_ten = peak_rss_during(server, ten_minutes)
+    assert body["duration_s"] == pytest.approx(600, abs=0.01)
+    mb = 1024 * 1024
+    print(
+        f"recognizer peak RSS: 30 s {peak_short / mb:.0f} MB, 3 min {peak_long / mb:.0f} MB, "
+        f"10 min {peak_ten / mb:.0f} MB"
+    )
+    # 20x the audio of the 30-s file: a square law would need 400x the attention memory
+    assert peak_ten < peak_short + 300 * mb
+
+
+def test_subtitles_parse(server: Server, long_file: tuple[bytes, list[tuple[float, float]]]) -> None:
+    wav = long_file[0]
+    files = {"audio": ("a.wav", wav, "audio/wav")}
+    subs = list(
+        srt_lib.parse(
+            httpx.post(server.url + "/transcribe", files=files, data={"response_format": "srt"}, timeout=600).text
+        )
+    )
+    cues = list(
+        webvtt.from_buffer(
+            io.StringIO(
+                httpx.post(server.url + "/transcribe", files=files, data={"response_format": "vtt"}, timeout=600).text
+            )
+        )
+    )
+    assert subs and len(subs) == len(cues)
+    text = httpx.post(server.url + "/transcribe", files=files, data={"response_format": "text"}, timeout=600).text
+    assert " ".join(s.content.replace("\n", " ") for s in subs).split() == text.split()
+
+
+def test_openai_sdk_round_trip(server: Server, tmp_path: Path, tiny_char: Exported) -> None:
+    from openai import OpenAI
+
+    wav, _ = encode(speech.joined(speech.SENTENCES[:3], pause_s=0.5)[0], RATE), None
+    path = tmp_path / "speech.wav"
+    path.write_bytes(wav)
+    files = {"audio": ("speech.wav", wav, "audio/wav")}
+    ours = {
+        fmt: httpx.post(server.url + "/transcribe", files=files, data={"response_format": fmt}, timeout=60).text
+        for fmt in ("text", "srt", "vtt")
+    }
+    client = OpenAI(base_url=server.url + "/v1", api_key="not-needed", timeout=120)
+    name = tiny_char.tag.split(":")[0]
+    with path.open("rb") as f:
+        assert client.audio.transcriptions.create(model=name, file=f).text == ours["text"]
+    for fmt in ("text", "srt", "vtt"):
+        with path.open("rb") as f:
+            got = client.audio.transcriptions.create(model=name, file=f, response_format=fmt)  # type: ignore[call-overload]
+        assert str(got).strip() == ours[fmt].strip(), fmt
+    with path.open("rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model=name,
+            file=f,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+            language="hi",
+            prompt="ignored",
+            temperature=0.0,
+        )
+    assert verbose.text == ours["text"] and verbose.words and verbose.segments and verbose.language == "hindi"
+    from openai import BadRequestError
+
+    with path.open("rb") as f, pytest.raises(BadRequestError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert "unknown model" in str(info.value) and name in str(info.value)
+    assert [m.id for m in client.models.list()] == [name]
+
+
+def test_openai_errors_have_openai_shape(server: Server) -> None:
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as c:
+            url = server.url + "/v1/audio/transcriptions"
+            return [
+                await c.post(url, files={"file": ("a.txt", b"words", "text/plain")}),
+                await c.post(url, data={"model": "x"}),
+                await c.post(
+                    url,
+                    files={"file": ("a.wav", encode(speech.noise(1, 1), RATE), "audio/wav")},
+                    data={"response_format": "pdf"},
+                ),
+            ]
+
+    for r, status in zip(asyncio.run(go()), (415, 400, 400), strict=True):
+        assert r.status_code == status
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
