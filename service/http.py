@@ -131,10 +131,16 @@ class RequestGuard:
                 return
             if not message.get("more_body", False):
                 break
-        problem = await check_form(scope, bytes(body), headers.get("content-type", ""), route)
+        problem, rebuilt = await check_form(scope, bytes(body), headers.get("content-type", ""), route)
         if problem:
             await send_json(send, 400, error_body(route.style, 400, "bad_request", problem))
             return
+        if rebuilt is not None:  # the same form with a safe file name (see check_form)
+            body, content_type = bytearray(rebuilt[0]), rebuilt[1]
+            scope = dict(scope)
+            scope["headers"] = [
+                (k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
+            ] + [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
         await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _too_large(self, send: Send, style: str) -> None:
@@ -181,31 +187,68 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def check_form(scope: Scope, body: bytes, content_type: str, route: FormRoute) -> str:
-    """'' when the form is acceptable, else what is wrong with it (for a 400)."""
+MAX_FILENAME_BYTES = 200  # BentoML names its temp file after the upload; the filesystem allows 255 bytes
+
+
+def _safe_filename(name: str) -> bool:
+    return len(name.encode("utf-8", "replace")) <= MAX_FILENAME_BYTES and all(c.isprintable() for c in name)
+
+
+async def check_form(
+    scope: Scope, body: bytes, content_type: str, route: FormRoute
+) -> tuple[str, tuple[bytes, str] | None]:
+    """('', None) when the form is acceptable as it is; (problem, None) for a 400; ('', (body, content type))
+    when it is acceptable once re-encoded with a safe file name (over-long names or control characters would
+    make BentoML's temp file fail with a 500)."""
     from starlette.datastructures import UploadFile
     from starlette.requests import Request
 
     fields = ", ".join(sorted(route.fields))
     if not content_type.lower().startswith("multipart/form-data"):
-        return f"send multipart/form-data with the audio file in the field '{route.file_field}' (fields: {fields})"
+        problem = f"send multipart/form-data with the audio file in the field '{route.file_field}' (fields: {fields})"
+        return problem, None
     request = Request(scope, _replay(body, _never))
     try:
         form = await request.form(max_files=4, max_fields=32)
     except Exception:
-        return "the multipart body could not be parsed"
+        return "the multipart body could not be parsed (are a part's headers or file name too long?)", None
     try:
         unknown = sorted(set(form.keys()) - route.fields)
         if unknown and not route.allow_unknown:
-            return f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}"
+            return f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}", None
         values = form.getlist(route.file_field)
         if len(values) != 1:
-            return f"exactly one file is expected in the field '{route.file_field}'"
-        if not isinstance(values[0], UploadFile):
-            return f"the field '{route.file_field}' must be an uploaded file (URLs are not fetched)"
-        return ""
+            return f"exactly one file is expected in the field '{route.file_field}'", None
+        upload = values[0]
+        if not isinstance(upload, UploadFile):
+            return f"the field '{route.file_field}' must be an uploaded file (URLs are not fetched)", None
+        if _safe_filename(upload.filename or ""):
+            return "", None
+        return "", await _encode_form(form, route.file_field, upload)
     finally:
         await form.close()
+
+
+async def _encode_form(form: Any, file_field: str, upload: Any) -> tuple[bytes, str]:
+    """The same multipart form, with the file renamed `upload` + its (short, printable) extension."""
+    import os
+    import secrets
+
+    boundary = "asr" + secrets.token_hex(16)
+    ext = os.path.splitext(upload.filename or "")[1]
+    name = "upload" + (ext if _safe_filename(ext) and len(ext) <= 16 else "")
+    parts: list[bytes] = []
+    for key, value in form.multi_items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"'
+        if key == file_field:
+            await value.seek(0)
+            data = await value.read()
+            ctype = value.content_type or "application/octet-stream"
+            parts.append(f'{head}; filename="{name}"\r\nContent-Type: {ctype}\r\n\r\n'.encode() + data + b"\r\n")
+        elif isinstance(value, str):
+            parts.append(f"{head}\r\n\r\n{value}\r\n".encode())
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 async def _never() -> Message:

@@ -15,7 +15,7 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse, PlainTextResponse
 
-from service.errors import ASRError, NotReady, Overloaded
+from service.errors import ASRError, AudioTooShort, NotReady, Overloaded
 from service.formats import ResponseFormat, render
 from service.http import FormRoute, RequestGuard
 from service.openai_api import OPENAI_FIELDS, openai_app
@@ -156,6 +156,11 @@ class Transcriber:
                 raise NotReady(f"the service is not ready: {status['reason']}")
         rate = self.manifest.sample_rate
         decoded = await anyio.to_thread.run_sync(decode, data, rate, self.limits)
+        if decoded.samples.shape[0] < self.manifest.frame_shift_s * rate:
+            shift_ms = self.manifest.frame_shift_s * 1000
+            raise AudioTooShort(
+                f"audio lasts {decoded.duration_s * 1000:.1f} ms, less than one model step ({shift_ms:g} ms)"
+            )
         segments = split(decoded.samples, self.segment_samples, rate, SETTINGS.min_pause_s)
         try:
             raw = await self.recognizer.to_async.infer([s.samples for s in segments])

@@ -1,0 +1,197 @@
+"""Hostile and broken input through the running server: a 4xx JSON error each, never a 5xx, no worker death,
+nothing left in the temporary directory. The fuzz runs FUZZ_EXAMPLES cases (200 in CI; the soak mode of
+benchmarks/soak.py runs 1,000+)."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import speech
+from tests.audio_files import ENCODINGS, encode
+from tests.conftest import Exported
+from tests.server import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
+RATE = 16000
+CLIENT_ERRORS = {400, 413, 415, 422}
+
+
+def wav(rate: int, channels: int, payload: bytes, bits: int = 16, declared: int | None = None) -> bytes:
+    block = channels * bits // 8
+    size = len(payload) if declared is None else declared
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, bits)
+    return b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", size) + payload
+
+
+def bomb() -> bytes:
+    """Two hours of FLAC silence: a few hundred KB that decode to 230 MB."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(RATE * 7200, np.int16), RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bpe: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("server-tmp")  # the server's own TMPDIR, to check it is left empty
+    env = {
+        "ASR_MODEL": tiny_bpe.tag,
+        "ASR_DEVICE": "cpu",
+        "ASR_MAX_DURATION_S": "120",
+        "ASR_MAX_UPLOAD_MB": "8",
+        "TMPDIR": str(tmp),
+    }
+    with Server(env, tmp / "server.log") as s:
+        s.tmp = tmp  # type: ignore[attr-defined]
+        yield s
+
+
+def post(server: Server, data: bytes, name: str = "a.wav", ctype: str = "audio/wav") -> httpx.Response:
+    return httpx.post(server.url + "/transcribe", files={"audio": (name, data, ctype)}, timeout=60)
+
+
+def is_client_error(r: httpx.Response, status: int | None = None) -> None:
+    assert r.status_code in ({status} if status else CLIENT_ERRORS), (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error", "message"}
+    for leak in ("Traceback", "/tmp", "/home", ".py", "site-packages", "Error("):
+        assert leak not in body["message"], body
+
+
+def tone(seconds: float) -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * 330 * np.arange(int(seconds * RATE)) / RATE)).astype(np.float32)
+
+
+HOSTILE = {
+    "empty body": (b"", 400),
+    "text": ("नमस्ते, यह ऑडियो नहीं है".encode(), 415),
+    "random bytes": (np.random.default_rng(1).bytes(10_000), 415),
+    "header only": (wav(RATE, 1, b""), 400),
+    "truncated header": (wav(RATE, 1, b"\x00" * 100)[:30], 415),
+    "zero frames (odd byte)": (wav(RATE, 1, b"\x01"), 400),
+    "one sample": (encode(np.array([0.1], np.float32), RATE), 422),
+    "rate 1 Hz": (wav(1, 1, b"\x00\x01" * 10), 400),
+    "rate 10 MHz": (wav(10_000_000, 1, b"\x00\x01" * 1000), 400),
+    "300 channels": (wav(RATE, 300, b"\x00" * 600 * 10), 400),
+    "0 channels": (wav(RATE, 0, b"\x00" * 100), 415),
+    "NaN samples": (
+        encode(np.where(np.arange(RATE) == 9, np.nan, tone(1.0)).astype(np.float32), RATE, "WAV", "FLOAT"),
+        400,
+    ),
+    "Inf samples": (
+        encode(np.where(np.arange(RATE) == 9, np.inf, tone(1.0)).astype(np.float32), RATE, "WAV", "FLOAT"),
+        400,
+    ),
+    "over duration": (encode(tone(150.0)[::2], RATE // 2), 413),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_file(server: Server, case: str) -> None:
+    data, status = HOSTILE[case]
+    is_client_error(post(server, data), status)
+
+
+def test_compressed_bomb_is_refused_from_the_header(server: Server) -> None:
+    data = bomb()
+    assert len(data) < 2_000_000
+    r = post(server, data, "a.flac", "audio/flac")
+    is_client_error(r, 413)
+    assert "7200" in r.json()["message"]
+
+
+def test_header_that_claims_hours_but_holds_bytes(server: Server) -> None:
+    """libsndfile clamps the declared size to the bytes present: what is there is transcribed, nothing more."""
+    data = wav(RATE, 1, (np.arange(4000) % 200).astype(np.int16).tobytes(), declared=0x7FFFFFF0)
+    r = post(server, data)
+    assert r.status_code == 200 and r.json()["duration_s"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    "name", ["ब" * 300 + ".wav", "x" * 250 + ".wav", "a\x01b.wav", "../../etc/passwd", "con.wav", " .wav", "न.mp3"]
+)
+def test_odd_file_names(server: Server, name: str) -> None:
+    r = post(server, encode(tone(0.5), RATE), name)
+    assert r.status_code == 200, r.text
+    assert not Path("/etc/passwd.wav").exists()
+
+
+def test_declared_content_type_is_not_trusted(server: Server) -> None:
+    assert post(server, encode(tone(0.5), RATE), "a.txt", "text/html").status_code == 200
+    is_client_error(post(server, b"<html></html>", "a.wav", "audio/wav"), 415)
+
+
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
+SEEDS = [encode(tone(0.6), RATE, c, s) for _, c, s in ENCODINGS if s not in ("OPUS", "VORBIS")]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 8))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "overwrite"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "cut":
+            del data[pos : pos + draw(st.integers(1, 2000))]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
+        else:
+            chunk = draw(st.binary(min_size=1, max_size=8))
+            data[pos : pos + len(chunk)] = chunk
+    return bytes(data)
+
+
+def test_fuzz_mutated_files(server: Server) -> None:
+    statuses: dict[int, int] = {}
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(mutated())
+    def one(data: bytes) -> None:
+        r = post(server, data)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code == 200 or r.status_code in CLIENT_ERRORS, (r.status_code, r.text)
+        if r.status_code != 200:
+            is_client_error(r)
+
+    one()
+    print(f"fuzz: {sum(statuses.values())} cases, statuses {dict(sorted(statuses.items()))}")
+    assert httpx.post(server.url + "/status", timeout=10).json()["ready"] is True  # no worker died
+
+
+def test_nothing_left_in_the_temporary_directory(server: Server) -> None:
+    """BentoML keeps one request directory per process for reuse; every upload inside it is gone after its
+    request, and the number of directories does not grow with the number of requests."""
+    root = str(server.tmp)  # type: ignore[attr-defined]
+
+    def request_dirs() -> list[str]:
+        return glob.glob(root + "/bentoml-request-*")
+
+    post(server, encode(tone(0.5), RATE))
+    before = len(request_dirs())
+    for _ in range(10):
+        post(server, encode(tone(0.5), RATE))
+        post(server, b"junk")
+
+    def files() -> list[str]:
+        return [f for d in request_dirs() for f in glob.glob(d + "/**", recursive=True) if os.path.isfile(f)]
+
+    deadline = time.monotonic() + 5  # the last upload is removed just after its response is sent
+    while files() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert files() == [] and len(request_dirs()) == before <= 2
+    strays = [p for p in glob.glob(root + "/*") if not os.path.basename(p).startswith(("bentoml-", "server"))]
+    assert strays == []
