@@ -26,7 +26,12 @@ else
   exit 2
 fi
 echo "build: building image $image with $backend" >&2
-# podman finds a local python:3.11-slim base (see shared/container) before it would try to pull one.
+# Without a registry, podman must find the base locally: its short-name alias for python:3.11-slim is
+# docker.io/library/python, so give a local localhost/python:3.11-slim (see shared/container) that name too.
+if [ "$backend" = podman ] && podman image exists localhost/python:3.11-slim \
+   && ! podman image exists docker.io/library/python:3.11-slim; then
+  podman tag localhost/python:3.11-slim docker.io/library/python:3.11-slim
+fi
 "$BENTOML" containerize "$bento" --backend "$backend" -t "$image" >&2
 echo "$bento"
 echo "$image"

@@ -55,6 +55,10 @@ class Overloaded(ASRError, RuntimeError):
     status, code = HTTPStatus.SERVICE_UNAVAILABLE, "overloaded"
 
 
+class RecognizerUnavailable(ASRError, RuntimeError):
+    status, code = HTTPStatus.SERVICE_UNAVAILABLE, "unavailable"
+
+
 class ModelMismatch(RuntimeError):
     """The model entry does not match what its manifest promises (raised at start-up, never to clients)."""
 

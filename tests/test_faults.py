@@ -1,0 +1,89 @@
+"""Faults: the recognizer killed under load, and a missing or corrupt model at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests import speech
+from tests.audio_files import encode
+from tests.conftest import Exported
+from tests.server import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
+WAV = encode((0.1 * np.random.default_rng(0).standard_normal(16000 * 8)).astype(np.float32), 16000)
+
+
+def post(url: str, timeout: float = 60) -> httpx.Response:
+    return httpx.post(url + "/transcribe", files={"audio": ("a.wav", WAV, "audio/wav")}, timeout=timeout)
+
+
+def test_kill_recognizer_under_load(tiny_bpe: Exported, tmp_path: Path) -> None:
+    with Server({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu"}, tmp_path / "kill.log") as server:
+        expected = post(server.url).json()["text"]
+        (recognizer,) = [p for p in server.processes() if "asr_recognizer" in " ".join(p.cmdline())]
+
+        async def load_and_kill() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                tasks = [
+                    asyncio.create_task(
+                        client.post(server.url + "/transcribe", files={"audio": ("a.wav", WAV, "audio/wav")})
+                    )
+                    for _ in range(12)
+                ]
+                await asyncio.sleep(0.3)
+                os.kill(recognizer.pid, signal.SIGKILL)
+                return await asyncio.gather(*tasks)
+
+        killed_at = time.monotonic()
+        responses = asyncio.run(load_and_kill())
+        for r in responses:  # in flight: answered, or a clean retryable 503
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:
+                assert r.json()["error"] == "unavailable" and r.headers["retry-after"] == "1"
+        assert any(r.status_code == 503 for r in responses)
+        while True:
+            r = post(server.url, timeout=10)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and set(r.json()) == {"error", "message"}
+            assert time.monotonic() - killed_at < 30, "not recovered within 30 s"
+            time.sleep(0.5)
+        recovery = time.monotonic() - killed_at
+        print(f"recovered {recovery:.1f} s after kill -9")
+        assert r.json()["text"] == expected and recognizer.pid not in [p.pid for p in server.processes()]
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as info, Server({"ASR_MODEL": "no_such_model:latest"}, tmp_path / "m.log"):
+        pass
+    assert "no_such_model:latest could not be found" in str(info.value)
+
+
+def test_corrupt_model_never_turns_ready(tiny_bpe: Exported, tmp_path: Path) -> None:
+    import bentoml
+
+    home = tmp_path / "home"
+    source = Path(bentoml.models.get(tiny_bpe.tag).path)
+    entry = home / "models" / source.parent.name / source.name
+    shutil.copytree(source, entry)
+    (home / "models" / source.parent.name / "latest").write_text(source.name)
+    (entry / "model.onnx").write_bytes(b"\x08\x01garbage" * 100)
+    env = {"ASR_MODEL": tiny_bpe.tag, "BENTOML_HOME": str(home), "ASR_DEVICE": "cpu"}
+    with Server(env, tmp_path / "c.log", wait_ready=False) as server:
+        for _ in range(3):
+            t = time.monotonic()
+            assert httpx.get(server.url + "/readyz", timeout=20).status_code == 503
+            assert time.monotonic() - t < 10
+            time.sleep(1)
+        r = post(server.url, timeout=30)
+        assert r.status_code == 503 and r.json()["error"] == "not_ready"
+        assert f"cannot load model {tiny_bpe.tag}" in server.logs() and "re-export" in server.logs()
