@@ -175,13 +175,15 @@ class RequestGuard:
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
+    """Hand the buffered body on once, then pass through to the server's receive (for the disconnect).
+    The closure lets go of the body as soon as it is handed over: BentoML keeps request objects (and so
+    this callable) alive after the request, and holding the body here grew the entry process by the size
+    of every upload (measured: +300 MB over 2,000 8-s uploads)."""
+    pending: list[bytes] = [body]
 
     async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        if pending:
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
         return await receive()  # after the body: wait for the disconnect
 
     return replay
