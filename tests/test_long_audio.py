@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,7 +123,9 @@ def test_memory_does_not_grow_with_the_square(
     wav, _ = long_file
     _, peak_long = peak_rss_during(server, wav)
     ten_minutes = encode(np.tile(sf.read(io.BytesIO(wav), dtype="float32")[0], 4)[: 600 * RATE], RATE)
+    started = time.monotonic()
     body, peak_ten = peak_rss_during(server, ten_minutes)
+    print(f"10-minute file: {time.monotonic() - started:.1f} s wall, {len(body['segments'])} segments")  # type: ignore[arg-type]
     assert body["duration_s"] == pytest.approx(600, abs=0.01)
     mb = 1024 * 1024
     print(
