@@ -15,14 +15,22 @@ from export.describe import encoder_length, max_segment_samples
 from export.frontend import LogMelFrontEnd
 from export.graph import max_encoder_frames
 from export.pipeline import ort_runner
-from export.verify import Clip, check_parity, pad_batch
-from service.manifest import Manifest
+from export.verify import Clip, measure_parity, pad_batch
+from service.manifest import Manifest, ParityReport
 from service.tokens import Detokenizer
 from tests import speech
 from tests.conftest import Exported
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_espeak = pytest.mark.skipif(not speech.have_espeak(), reason="espeak-ng and sox are needed for Hindi speech")
+
+
+def parity(exported: Exported, clips: list[Clip], tolerance: float = 1e-3) -> tuple[ParityReport, list[str]]:
+    """The export's own comparison with NeMo, on the stored graph."""
+    m = exported.manifest
+    detok = Detokenizer(m.vocabulary, m.tokenizer)
+    runner = ort_runner(exported.directory / "model.onnx")
+    return measure_parity(exported.model, runner, clips, detok, m.blank_id, m.sample_rate, tolerance)
 
 
 def test_manifest_and_store_entry_are_complete(any_model: Exported) -> None:
@@ -85,15 +93,8 @@ def test_real_speech_edges_and_batch_equal_nemo(any_model: Exported) -> None:
         Clip("noise", speech.noise(2.0, 3)),
     ]
     clips += [Clip(f"edge {n}", speech.noise(n / 16000, n)) for n in (100, 399, 400, 401, 16001)]
-    m = any_model.manifest
-    report = check_parity(
-        any_model.model,
-        ort_runner(any_model.directory / "model.onnx"),
-        clips,
-        Detokenizer(m.vocabulary, m.tokenizer),
-        m.blank_id,
-        m.sample_rate,
-    )
+    report, problems = parity(any_model, clips)
+    assert problems == []
     assert report.identical_tokens == len(clips) and report.identical_text == len(clips)
     assert report.batch_identical_tokens and report.batch_max_abs_diff <= 1e-3
     assert report.max_abs_logprob_diff <= 1e-3
@@ -172,18 +173,7 @@ def test_near_silence_keeps_nemo_tokens(any_model: Exported) -> None:
     compared: NeMo normalises a constant feature row by dividing float32 rounding noise by 1e-5, so its
     features there are rounding noise that depends on the reduction order."""
     clips = [Clip("-80 dBFS", speech.noise(3.0, 9, 1e-4)), Clip("-70 dBFS", speech.noise(1.0, 8, 3e-4))]
-    m = any_model.manifest
-    from export.verify import measure_parity
-
-    report, problems = measure_parity(
-        any_model.model,
-        ort_runner(any_model.directory / "model.onnx"),
-        clips,
-        Detokenizer(m.vocabulary, m.tokenizer),
-        m.blank_id,
-        m.sample_rate,
-        tolerance=1e-2,
-    )
+    report, problems = parity(any_model, clips, tolerance=1e-2)
     assert problems == [] and report.identical_tokens == len(clips) and report.identical_text == len(clips)
 
 
