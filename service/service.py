@@ -1,7 +1,8 @@
-"""BentoML glue only: the entry service (public API) and the recognizer (owns the session, batches).
+"""BentoML glue: the entry service (public API) and the recognizer (owns the session, batches).
 
 Everything else lives in plain modules: audio.py (decoding), segment.py, recognizer.py (ORT + greedy CTC),
-transcript.py (text and word times), http.py (request guard), errors.py, settings.py, manifest.py.
+transcript.py (text, spans and word times), formats.py, openai_api.py (the /v1 routes), http.py (request
+guard), errors.py, settings.py, manifest.py.
 """
 
 from __future__ import annotations
