@@ -17,7 +17,7 @@ from export.frontend import featurizer_facts
 from export.graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx
 from export.sources import LoadedModel
 from export.verify import FP32_TOLERANCE, Clip, check_parity, nemo_reference, verification_clips
-from service.manifest import FrontEndSpec, GraphSpec, Manifest, ParityReport, TensorSpec, Variant
+from service.manifest import FrontEndSpec, GraphSpec, Manifest, ParityReport, TensorSpec, TokenizerSpec, Variant
 from service.tokens import Detokenizer
 
 GRAPH_FILE = "model.onnx"
@@ -65,11 +65,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_manifest(loaded: LoadedModel, name: str, parity: ParityReport, variants: dict[str, Variant]) -> Manifest:
+def build_manifest(
+    loaded: LoadedModel,
+    name: str,
+    vocab: tuple[list[str], int, TokenizerSpec],
+    parity: ParityReport,
+    variants: dict[str, Variant],
+) -> Manifest:
     model = loaded.model
     fb = model.preprocessor.featurizer
     sample_rate = int(fb.sample_rate)
-    vocabulary, blank_id, tokenizer = vocabulary_and_tokenizer(model)
+    vocabulary, blank_id, tokenizer = vocab
     factor = subsampling_factor(model)
     max_samples = max_segment_samples(model)
     return Manifest(
@@ -123,7 +129,8 @@ def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Pa
     progress(f"graph written: {size_mb:.1f} MB in {time.monotonic() - started:.1f} s")
 
     clips = options.clips or verification_clips(sample_rate, options.verify_audio)
-    vocabulary, blank_id, tokenizer = vocabulary_and_tokenizer(model)
+    vocab = vocabulary_and_tokenizer(model)
+    vocabulary, blank_id, tokenizer = vocab
     detok = Detokenizer(vocabulary, tokenizer)
     progress(f"running NeMo transcribe() on {len(clips)} verification clips")
     reference = nemo_reference(model, clips)
@@ -142,7 +149,7 @@ def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Pa
         variants[kind] = make_variant(kind, out_dir, GRAPH_FILE, model, clips, detok, blank_id, sample_rate, reference)
         progress(f"{kind}: {variants[kind].note}")
 
-    manifest = build_manifest(loaded, name, parity, variants)
+    manifest = build_manifest(loaded, name, vocab, parity, variants)
     manifest.write(out_dir)
     tag = None
     if options.register:

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from export.verify import Clip, ParityError, measure_parity
+from export.verify import FP32_TOLERANCE, Clip, ParityError, measure_parity
 from service.manifest import Variant
 from service.tokens import Detokenizer
 
 KINDS = ("optimized", "int8", "fp16")
 # Quantised graphs are measured against a looser bound and may differ in tokens: the figures are recorded,
 # not hidden, and only the optimised fp32 graph is refused when it is not exact.
-TOLERANCE = {"optimized": 1e-3, "int8": 2.0, "fp16": 0.5}
+TOLERANCE = {"optimized": FP32_TOLERANCE, "int8": 2.0, "fp16": 0.5}
 
 
 def write_variant(kind: str, source: Path, target: Path) -> None:

@@ -2,7 +2,8 @@
 
 For every verification clip we compare, against NeMo itself:
 - the greedy CTC token sequence and text of NeMo's own `transcribe()` (batch size 1);
-- the log-probabilities of NeMo's `forward()` on the clip alone, over its valid frames;
+- the frame log-probabilities of that same hypothesis (NeMo 3.0 keeps them in `y_sequence`; older NeMo:
+  `forward()` on the clip alone), over its valid frames;
 and we run all clips as one zero-padded batch through the graph and compare each item with its run alone.
 
 Tolerance (fp32): 1e-3 on log-probabilities. Measured against a float64 run of NeMo's own preprocessor, our

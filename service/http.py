@@ -8,7 +8,8 @@
   BentoML adds user middlewares inside its own traffic middlewares, whose bodies we could not reshape.
   BentoML's own limits stay configured, looser, as a backstop.
 - Every error response has one shape, {"error": code, "message": text}: BentoML's own 400 (validation)
-  and 503 (with Retry-After) bodies are rewritten, and 4xx arrays (BentoML issue 4232) become objects.
+  and 503 bodies are rewritten, and 4xx arrays (BentoML issue 4232) become objects. Every 503 carries
+  Retry-After.
 """
 
 from __future__ import annotations
@@ -131,17 +132,19 @@ class RequestGuard:
                 return
             if not message.get("more_body", False):
                 break
-        problem, rebuilt = await check_form(scope, bytes(body), headers.get("content-type", ""), route)
+        payload = bytes(body)
+        del body
+        problem, rebuilt = await check_form(scope, payload, headers.get("content-type", ""), route)
         if problem:
             await send_json(send, 400, error_body(route.style, 400, "bad_request", problem))
             return
         if rebuilt is not None:  # the same form with a safe file name (see check_form)
-            body, content_type = bytearray(rebuilt[0]), rebuilt[1]
+            payload, content_type = rebuilt
             scope = dict(scope)
             scope["headers"] = [
                 (k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
-            ] + [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-        await self.app(scope, _replay(bytes(body), receive), send)
+            ] + [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode())]
+        await self.app(scope, _replay(payload, receive), send)
 
     async def _too_large(self, send: Send, style: str) -> None:
         limit_mb = self.max_body / (1024 * 1024)
@@ -164,12 +167,13 @@ class RequestGuard:
             start, raw = state.pop("start"), bytes(state.pop("body"))
             status = start["status"]
             body = reshape_error(status, raw, style)
-            if body is None:
+            if body is None:  # already our shape: only make sure a 503 says when to retry
+                if status == 503 and not any(k.lower() == b"retry-after" for k, _ in start.get("headers", [])):
+                    start = {**start, "headers": [*start.get("headers", []), (b"retry-after", b"1")]}
                 await send(start)
                 await send({"type": "http.response.body", "body": raw})
                 return
-            extra = {"retry-after": "1"} if status == 503 else None
-            await send_json(send, status, body, extra)
+            await send_json(send, status, body, {"retry-after": "1"} if status == 503 else None)
 
         return shaped
 

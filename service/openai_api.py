@@ -76,9 +76,8 @@ async def transcriptions(request: Request) -> Response:
         finally:
             await form.close()
         transcript = await service.run(data)
-    except ASRError as exc:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message), int(exc.status), headers)
+    except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
+        return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message), int(exc.status))
     fmt = options["response_format"]
     if fmt == "json":
         return JSONResponse({"text": transcript.text})

@@ -27,8 +27,3 @@ class Transcription(BaseModel):
         description="the pieces the audio was transcribed in: one, unless it was longer than a segment"
     )
     words: list[Word] | None = Field(default=None, description="only when timestamps=true")
-
-
-class ErrorBody(BaseModel):
-    error: str
-    message: str

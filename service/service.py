@@ -157,9 +157,8 @@ class Transcriber:
 
         try:
             transcript = await self.run(await anyio.Path(audio).read_bytes())
-        except ASRError as exc:
-            headers = {"Retry-After": "1"} if exc.status == 503 else None
-            return JSONResponse(exc.body(), status_code=int(exc.status), headers=headers)  # type: ignore[return-value]
+        except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
+            return JSONResponse(exc.body(), status_code=int(exc.status))  # type: ignore[return-value]
         if response_format != "json":
             return PlainTextResponse(render(transcript, response_format))  # type: ignore[return-value]
         words = [Word(**vars(w)) for w in transcript.words] if timestamps else None
