@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Builds the bento (offline) and its OCI image with whatever engine this machine has (docker, else podman).
 #   ASR_MODEL=<store tag> scripts/build.sh [--bento-only] [IMAGE]   (default model stt_hi_conformer_ctc_medium)
+#   ASR_MODELS=<tag>,<tag>,... scripts/build.sh ...                  (several models; the first is the default)
 # Prints the bento tag, then the image name, as its last lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENTOML=${BENTOML:-.venv/bin/bentoml}
-model=${ASR_MODEL:-stt_hi_conformer_ctc_medium:latest}
+models=${ASR_MODELS:-${ASR_MODEL:-stt_hi_conformer_ctc_medium:latest}}
 bento_only=0
 if [ "${1:-}" = --bento-only ]; then bento_only=1; shift; fi
 image=${1:-nemo-ctc-asr:latest}
-# Pin the model's concrete version into the bento; the bento serves it unless ASR_MODEL says otherwise.
-resolved=$("$BENTOML" models get "$model" -o json 2>/dev/null \
-  | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["name"] + ":" + m["version"])' 2>/dev/null || true)
-[ -n "$resolved" ] || { echo "build: model $model is not in the store (BENTOML_HOME=${BENTOML_HOME:-~/bentoml}); export it first" >&2; exit 1; }
-bento=$(env -u ASR_MODEL BENTOML_NO_LOCAL_URL=1 BENTOML_DO_NOT_TRACK=True "$BENTOML" build --arg "model=$resolved" -o tag | sed -n 's/^__tag__://p')
-echo "build: bento $bento (model $resolved)" >&2
+# Pin each model's concrete version into the bento; the bento serves them unless ASR_MODEL(S) says otherwise.
+resolved=""
+IFS=',' read -ra wanted <<< "$models"
+for model in "${wanted[@]}"; do
+  model=$(echo "$model" | tr -d '[:space:]')
+  [ -n "$model" ] || continue
+  tag=$("$BENTOML" models get "$model" -o json 2>/dev/null \
+    | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["name"] + ":" + m["version"])' 2>/dev/null || true)
+  [ -n "$tag" ] || { echo "build: model $model is not in the store (BENTOML_HOME=${BENTOML_HOME:-~/bentoml}); export it first" >&2; exit 1; }
+  resolved=${resolved:+$resolved,}$tag
+done
+[ -n "$resolved" ] || { echo "build: no model given" >&2; exit 1; }
+bento=$(env -u ASR_MODEL -u ASR_MODELS BENTOML_NO_LOCAL_URL=1 BENTOML_DO_NOT_TRACK=True \
+  "$BENTOML" build --arg "models=$resolved" -o tag | sed -n 's/^__tag__://p')
+echo "build: bento $bento (models $resolved)" >&2
 if [ "$bento_only" = 1 ]; then echo "$bento"; exit 0; fi
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   backend=docker

@@ -58,11 +58,6 @@ def _service() -> Any:
     return bentoml.get_current_service()
 
 
-def served_names(service: Any) -> list[str]:
-    """The names a request may give as `model`: the store name and the full tag."""
-    return [service.tag.split(":")[0], service.tag]
-
-
 async def transcriptions(request: Request) -> Response:
     service = _service()
     try:
@@ -75,26 +70,22 @@ async def transcriptions(request: Request) -> Response:
             data = await upload.read()
         finally:
             await form.close()
-        transcript = await service.run(data)
+        transcript = await service.run(data, options["model"])
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
         return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message), int(exc.status))
     fmt = options["response_format"]
     if fmt == "json":
         return JSONResponse({"text": transcript.text})
     if fmt == "verbose_json":
-        language = LANGUAGE_NAMES.get(service.manifest.language, service.manifest.language)
+        code = service.catalog.select(options["model"]).language
+        language = LANGUAGE_NAMES.get(code, code)
         grains = options["granularities"]
         return JSONResponse(openai_verbose(transcript, language, "word" in grains, "segment" in grains or not grains))
     return PlainTextResponse(render(transcript, fmt))
 
 
 def _options(form: Any, service: Any) -> dict[str, Any]:
-    model = str(form.get("model") or "")
-    if model and model not in served_names(service):
-        raise BadRequest(f"unknown model {model!r}; served: {', '.join(served_names(service))}")
-    language = str(form.get("language") or "")
-    if language and language != service.manifest.language:
-        raise BadRequest(f"language {language!r} is not served; served: {service.manifest.language}")
+    chosen = service.catalog.select(str(form.get("model") or ""), str(form.get("language") or ""))
     fmt = str(form.get("response_format") or "json")
     if fmt not in FORMATS:
         raise BadRequest(f"response_format must be one of {', '.join(FORMATS)}")
@@ -107,21 +98,14 @@ def _options(form: Any, service: Any) -> dict[str, Any]:
             float(str(temperature))  # accepted and ignored: decoding is greedy
         except ValueError:
             raise BadRequest("temperature must be a number") from None
-    return {"response_format": fmt, "granularities": grains}
+    return {"response_format": fmt, "granularities": grains, "model": chosen.name}
 
 
 async def models(request: Request) -> Response:
-    service = _service()
-    name = served_names(service)[0]
-    entry = {
-        "id": name,
-        "object": "model",
-        "owned_by": "local",
-        "language": service.manifest.language,
-        "sample_rate": service.manifest.sample_rate,
-        "tag": service.tag,
-    }
-    return JSONResponse({"object": "list", "data": [entry]})
+    entries = [
+        {"id": m.name, "object": "model", "owned_by": "local", **m.describe()} for m in _service().catalog.models
+    ]
+    return JSONResponse({"object": "list", "data": entries})
 
 
 openai_app = Starlette(

@@ -2,7 +2,7 @@
 
 Everything else lives in plain modules: audio.py (decoding), segment.py, recognizer.py (ORT + greedy CTC),
 transcript.py (text, spans and word times), formats.py, openai_api.py (the /v1 routes), http.py (request
-guard), errors.py, settings.py, manifest.py.
+guard), catalog.py (the served models and which one a request gets), errors.py, settings.py, manifest.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, Recogn
 from service.formats import ResponseFormat, render
 from service.http import FormRoute, RequestGuard
 from service.openai_api import OPENAI_FIELDS, openai_app
+from service.recognizer import Recognizer as Engine
 from service.recognizer import SegmentResult
 from service.schemas import SegmentSpan, Transcription, Word
 from service.settings import Settings
@@ -43,14 +44,86 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 _limit_malloc_arenas()
 SETTINGS = Settings.from_env()
-# The model: ASR_MODEL when set; else the one a bento was built for (`bentoml build --arg model=TAG`, kept in
-# the bento); else the default. At class scope, so that `bentoml build` records (and containers carry) it.
-MODEL_TAG = SETTINGS.model if "ASR_MODEL" in os.environ else getattr(bentoml.use_arguments(), "model", SETTINGS.model)
-MODEL = bentoml.models.BentoModel(MODEL_TAG)
+
+
+def _served_tags() -> tuple[str, ...]:
+    """ASR_MODELS / ASR_MODEL when set; else the models a bento was built for (`bentoml build --arg
+    models=TAG,...`, kept in the bento); else the default."""
+    if "ASR_MODELS" in os.environ or "ASR_MODEL" in os.environ:
+        return SETTINGS.model_tags
+    arguments = bentoml.use_arguments()
+    built = getattr(arguments, "models", "") or getattr(arguments, "model", "")
+    return tuple(t.strip() for t in str(built).split(",") if t.strip()) or SETTINGS.model_tags
+
+
+# At class scope (below), so that `bentoml build` records (and containers carry) every model.
+MODELS = [bentoml.models.BentoModel(tag) for tag in _served_tags()]
 log = logging.getLogger("asr")
 
 
-@bentoml.service(
+def _method(index: int) -> str:
+    return f"infer_{index}"
+
+
+def _infer_api(index: int) -> Any:
+    """Model `index`'s batchable API: each model has its own adaptive-batching queue, so no batch mixes models."""
+
+    def infer(self: Any, segments: list[np.ndarray]) -> list[SegmentResult]:
+        engine: Engine = self.engines[index]
+        return engine.infer(segments)
+
+    infer.__name__ = infer.__qualname__ = _method(index)
+    return bentoml.api(
+        batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
+    )(infer)
+
+
+class Recognizer:
+    """Owns one ONNX Runtime session per served model (one process, so a second model costs its session, not
+    a second Python and BentoML; docs/models.md has the figures)."""
+
+    def __init__(self) -> None:
+        from service.manifest import Manifest
+
+        self.engines: list[Engine] = []
+        for index in range(len(MODELS)):
+            model = getattr(self, f"model_{index}")  # the store entry (BentoModel resolves on instance access)
+            directory = Path(model.path)
+            try:
+                manifest = Manifest.read(directory)
+                engine = Engine(directory, manifest, SETTINGS.device, SETTINGS.ort_threads, SETTINGS.variant)
+            except Exception as exc:
+                # One clear line before BentoML logs the traceback; the service never turns ready.
+                reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                log.error(
+                    "cannot load model %s (%s): %s; re-export it with `python -m export`", model.tag, directory, reason
+                )
+                raise
+            if not engine.not_ready_reason:
+                engine.warmup()
+            self.engines.append(engine)
+        log.info("recognizer ready=%s providers=%s", self._ready(), self.engines[0].providers)
+
+    def _ready(self) -> bool:
+        return not any(e.not_ready_reason for e in self.engines)
+
+    def __is_ready__(self) -> bool:
+        return self._ready()
+
+    @bentoml.api
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self._ready(),
+            "reason": next((e.not_ready_reason for e in self.engines if e.not_ready_reason), ""),
+            "providers": self.engines[0].providers,
+        }
+
+
+for _index, _model in enumerate(MODELS):
+    setattr(Recognizer, f"model_{_index}", _model)
+    setattr(Recognizer, _method(_index), _infer_api(_index))
+
+Recognizer = bentoml.service(  # type: ignore[misc]
     name="asr_recognizer",
     # Only the recognizer asks for a GPU; BentoML then sets CUDA_VISIBLE_DEVICES for its worker.
     resources={"gpu": 1} if SETTINGS.device != "cpu" else {},
@@ -61,64 +134,23 @@ log = logging.getLogger("asr")
     # get_session): under concurrent load those calls die with "Server disconnected". The recognizer is
     # local (a Unix socket); never renew.
     runner_connection={"max_requests": 2**62, "max_age": 1e12},
-)
-class Recognizer:
-    model = MODEL
-
-    def __init__(self) -> None:
-        from service.manifest import Manifest
-        from service.recognizer import Recognizer as Engine
-
-        directory = Path(self.model.path)
-        try:
-            manifest = Manifest.read(directory)
-            self.engine = Engine(directory, manifest, SETTINGS.device, SETTINGS.ort_threads, SETTINGS.variant)
-        except Exception as exc:
-            # One clear line before BentoML logs the traceback; the service never turns ready.
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            log.error(
-                "cannot load model %s (%s): %s; re-export it with `python -m export`", MODEL_TAG, directory, reason
-            )
-            raise
-        if not self.engine.not_ready_reason:
-            self.engine.warmup()
-        log.info("recognizer ready=%s providers=%s", not self.engine.not_ready_reason, self.engine.providers)
-
-    def __is_ready__(self) -> bool:
-        return not self.engine.not_ready_reason
-
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms)
-    def infer(self, segments: list[np.ndarray]) -> list[SegmentResult]:
-        return self.engine.infer(segments)
-
-    @bentoml.api
-    def status(self) -> dict[str, Any]:
-        return {
-            "ready": not self.engine.not_ready_reason,
-            "reason": self.engine.not_ready_reason,
-            "providers": self.engine.providers,
-        }
+)(Recognizer)
 
 
-@bentoml.asgi_app(openai_app, path="/v1")
-@bentoml.service(
-    name="asr",
-    # RequestGuard enforces ASR_TIMEOUT_S and ASR_MAX_CONCURRENCY with our error bodies; BentoML's own
-    # limits are a looser backstop for the other routes.
-    traffic={"timeout": SETTINGS.timeout_s + 30, "max_concurrency": SETTINGS.max_concurrency * 2},
-)
 class Transcriber:
     recognizer = bentoml.depends(Recognizer)
-    model = MODEL
 
     def __init__(self) -> None:
         from service.audio import Limits
+        from service.catalog import Catalog, ServedModel
         from service.manifest import Manifest
-        from service.tokens import Detokenizer
 
-        self.manifest = Manifest.read(Path(self.model.path))
-        self.tag = str(self.model.tag)
-        self.detok = Detokenizer(self.manifest.vocabulary, self.manifest.tokenizer)
+        self.catalog = Catalog(
+            [
+                ServedModel.build(str(m.tag), Manifest.read(Path(m.path)), _method(i), SETTINGS.segment_s)
+                for i, m in enumerate(getattr(self, f"model_{i}") for i in range(len(MODELS)))
+            ]
+        )
         self.limits = Limits(
             SETTINGS.min_duration_s,
             SETTINGS.max_duration_s,
@@ -127,9 +159,6 @@ class Transcriber:
             SETTINGS.require_mono,
         )
         self._recognizer_ready = False  # cached once true: a loaded provider does not go away
-        model_limit = self.manifest.max_segment_samples
-        wanted = int(SETTINGS.segment_s * self.manifest.sample_rate) if SETTINGS.segment_s else model_limit
-        self.segment_samples = min(wanted, model_limit)
 
     async def __is_ready__(self) -> bool:
         return (await self._recognizer_status())["ready"] is True
@@ -148,15 +177,22 @@ class Transcriber:
 
     @bentoml.api
     async def transcribe(
-        self, audio: Path, timestamps: bool = False, response_format: ResponseFormat = "json"
+        self,
+        audio: Path,
+        timestamps: bool = False,
+        response_format: ResponseFormat = "json",
+        model: str = "",
+        language: str = "",
     ) -> Transcription:
         """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, any rate and
         channel count. `timestamps=true` adds words with start/end seconds and confidence.
-        `response_format`: json (this schema), text, srt or vtt."""
+        `response_format`: json (this schema), text, srt or vtt. `model` (a served name) and/or `language`
+        (ISO 639-1, e.g. hi) choose among the served models; neither: the first one."""
         import anyio
 
         try:
-            transcript = await self.run(await anyio.Path(audio).read_bytes())
+            served = self.catalog.select(model, language)
+            transcript = await self.run(await anyio.Path(audio).read_bytes(), served.name)
         except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
             return JSONResponse(exc.body(), status_code=int(exc.status))  # type: ignore[return-value]
         if response_format != "json":
@@ -165,39 +201,46 @@ class Transcriber:
         return Transcription(
             text=transcript.text,
             duration_s=round(transcript.duration_s, 3),
-            model=self.tag,
-            language=self.manifest.language,
+            model=served.tag,
+            language=served.language,
             segments=[SegmentSpan(start=s.start, end=s.end, text=s.text) for s in transcript.segments],
             words=words,
         )
 
     @bentoml.api
     async def status(self) -> dict[str, Any]:
-        """The model served, its providers and readiness (with the reason when not ready)."""
-        return {"model": self.tag, "language": self.manifest.language, **(await self._recognizer_status())}
+        """The models served (the first is the default), the providers and readiness (with the reason when
+        not ready)."""
+        default = self.catalog.default
+        models = [m.describe() for m in self.catalog.models]
+        status = await self._recognizer_status()
+        return {"model": default.tag, "language": default.language, "models": models, **status}
 
-    async def run(self, data: bytes) -> Transcript:
-        """Bytes of an audio file -> transcript: decode, cut, recognise (batched), assemble."""
+    async def run(self, data: bytes, model: str = "") -> Transcript:
+        """Bytes of an audio file -> transcript with the named model (default: the first): decode, cut,
+        recognise (batched, in that model's queue), assemble."""
         import anyio
 
         from service.audio import decode
         from service.segment import split
         from service.transcript import assemble
 
+        served = self.catalog.select(model)
         if not self._recognizer_ready:
             status = await self._recognizer_status()
             if not status["ready"]:
                 raise NotReady(f"the service is not ready: {status['reason']}")
-        rate = self.manifest.sample_rate
+        manifest, rate = served.manifest, served.manifest.sample_rate
         decoded = await anyio.to_thread.run_sync(decode, data, rate, self.limits)
-        if decoded.samples.shape[0] < self.manifest.frame_shift_s * rate:
-            shift_ms = self.manifest.frame_shift_s * 1000
+        if decoded.samples.shape[0] < manifest.frame_shift_s * rate:
+            shift_ms = manifest.frame_shift_s * 1000
             raise AudioTooShort(
                 f"audio lasts {decoded.duration_s * 1000:.1f} ms, less than one model step ({shift_ms:g} ms)"
             )
-        segments = split(decoded.samples, self.segment_samples, rate, SETTINGS.min_pause_s)
+        segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
         try:
-            raw = await self.recognizer.to_async.infer([s.samples for s in segments])
+            infer = getattr(self.recognizer.to_async, served.method)
+            raw = await infer([s.samples for s in segments])
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             # The recognizer process died (and is being restarted by BentoML's arbiter): retryable.
             log.warning("recognizer call failed: %r", exc)
@@ -209,14 +252,26 @@ class Transcriber:
                 raise Overloaded("the recognizer is overloaded; retry shortly") from exc
             raise
         results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
-        return assemble(segments, results, self.detok, self.manifest.frame_shift_s, rate, decoded.duration_s)
+        return assemble(segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s)
 
+
+for _index, _model in enumerate(MODELS):  # the entry reads every model's manifest (and bentos pack them)
+    setattr(Transcriber, f"model_{_index}", _model)
+
+Transcriber = bentoml.asgi_app(openai_app, path="/v1")(  # type: ignore[misc]
+    bentoml.service(
+        name="asr",
+        # RequestGuard enforces ASR_TIMEOUT_S and ASR_MAX_CONCURRENCY with our error bodies; BentoML's own
+        # limits are a looser backstop for the other routes.
+        traffic={"timeout": SETTINGS.timeout_s + 30, "max_concurrency": SETTINGS.max_concurrency * 2},
+    )(Transcriber)
+)
 
 Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_body=SETTINGS.max_upload_bytes,
     routes={
-        "/transcribe": FormRoute("audio", frozenset({"audio", "timestamps", "response_format"})),
+        "/transcribe": FormRoute("audio", frozenset({"audio", "timestamps", "response_format", "model", "language"})),
         "/v1/audio/transcriptions": FormRoute("file", OPENAI_FIELDS, style="openai", allow_unknown=True),
     },
     max_concurrency=SETTINGS.max_concurrency,

@@ -17,6 +17,9 @@ class SettingsError(ValueError):
 class Settings:
     # Store tag of the exported model (python -m export registers it).
     model: str = "stt_hi_conformer_ctc_medium:latest"
+    # Several models in one service, comma-separated store tags; the first is the default. Requests choose
+    # one by `model` (name or tag) or `language`. Empty: ASR_MODEL alone.
+    models: tuple[str, ...] = ()
     # Graph to run: "" for the fp32 model.onnx, or a variant the export made (optimized, int8, fp16).
     variant: str = ""
     # auto: CUDA when it loads, else CPU. cuda: demand the GPU (not ready without it). cpu: never use a GPU.
@@ -67,7 +70,8 @@ class Settings:
                 elif isinstance(default, float):
                     values[f.name] = float(raw)
                 elif isinstance(default, tuple):
-                    values[f.name] = tuple(p.strip().upper() for p in raw.split(",") if p.strip())
+                    parts = tuple(p.strip() for p in raw.split(",") if p.strip())
+                    values[f.name] = tuple(p.upper() for p in parts) if f.name == "formats" else parts
                 else:
                     values[f.name] = raw.strip()
             except ValueError:
@@ -88,6 +92,10 @@ class Settings:
                 "ASR_MAX_UPLOAD_MB > 0, ASR_SEGMENT_S >= 0, ASR_MIN_PAUSE_S > 0 and ASR_BATCH_MAX_SIZE >= 2 "
                 "are required"
             )
+
+    @property
+    def model_tags(self) -> tuple[str, ...]:
+        return self.models or (self.model,)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -72,8 +72,9 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        logs = self.logs()
         self.stop()
-        raise TimeoutError(f"server not up within 120 s:\n{self.logs()[-3000:]}")
+        raise TimeoutError(f"server not up within 300 s:\n{logs[-3000:]}")
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()

@@ -181,11 +181,11 @@ def test_openai_sdk_round_trip(server: Server, tmp_path: Path, tiny_char: Export
             file=f,
             response_format="verbose_json",
             timestamp_granularities=["word", "segment"],
-            language="hi",
+            language="mr",
             prompt="ignored",
             temperature=0.0,
         )
-    assert verbose.text == ours["text"] and verbose.words and verbose.segments and verbose.language == "hindi"
+    assert verbose.text == ours["text"] and verbose.words and verbose.segments and verbose.language == "marathi"
     from openai import BadRequestError
 
     with path.open("rb") as f, pytest.raises(BadRequestError) as info:

@@ -40,12 +40,18 @@ def build(*args: str, offline: bool = True) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def bento(tiny_bpe: Exported) -> str:
-    os.environ["ASR_MODEL"] = tiny_bpe.tag
+def models(tiny_bpe: Exported, tiny_char: Exported) -> str:
+    """Two models (the first the default), as ASR_MODELS gives them to scripts/build.sh."""
+    return f"{tiny_bpe.tag},{tiny_char.tag}"
+
+
+@pytest.fixture(scope="module")
+def bento(models: str) -> str:
+    os.environ["ASR_MODELS"] = models
     try:
         return build("--bento-only")[-1]
     finally:
-        del os.environ["ASR_MODEL"]
+        del os.environ["ASR_MODELS"]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,8 @@ def dev_text(tiny_bpe: Exported, speech_wav: bytes, tmp_path_factory: pytest.Tem
         return str(transcribe(server.url, speech_wav)["text"])
 
 
-def transcribe(url: str, wav: bytes) -> dict[str, object]:
-    r = httpx.post(url + "/transcribe", files={"audio": ("s.wav", wav, "audio/wav")}, timeout=120)
+def transcribe(url: str, wav: bytes, **fields: str) -> dict[str, object]:
+    r = httpx.post(url + "/transcribe", files={"audio": ("s.wav", wav, "audio/wav")}, data=fields, timeout=120)
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -72,7 +78,7 @@ def bento_path(tag: str) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def test_bento_is_lean_and_references_the_model(bento: str, tiny_bpe: Exported) -> None:
+def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> None:
     path = bento_path(bento)
     requirements = (path / "env" / "python" / "requirements.txt").read_text().lower()
     names = {line.split("==")[0].split("[")[0].strip() for line in requirements.splitlines() if line.strip()}
@@ -82,15 +88,19 @@ def test_bento_is_lean_and_references_the_model(bento: str, tiny_bpe: Exported) 
     assert "service/service.py" in files and not any(f.startswith(("tests/", "export/")) for f in files)
     spec = yaml.safe_load((path / "bento.yaml").read_text())
     tags = {m["tag"] for s in spec["services"] for m in s.get("models", [])}
-    assert tags == {tiny_bpe.tag} and spec["args"]["model"] == tiny_bpe.tag
+    assert tags == set(models.split(",")) and spec["args"]["models"] == models
 
 
-def test_bento_serves_what_the_dev_server_serves(bento: str, speech_wav: bytes, dev_text: str, tmp_path: Path) -> None:
+def test_bento_serves_what_the_dev_server_serves(
+    bento: str, models: str, speech_wav: bytes, dev_text: str, tmp_path: Path
+) -> None:
     env = {"ASR_DEVICE": "cpu"}
     os.environ.pop("ASR_MODEL", None)
     with Server(env, tmp_path / "bento.log", target=bento) as server:
         body = transcribe(server.url, speech_wav)
-    assert body["text"] == dev_text and str(body["model"]).startswith("tiny_conformer_ctc_bpe:")
+        second = transcribe(server.url, speech_wav, language="mr")
+    assert body["text"] == dev_text and body["model"] == models.split(",")[0]
+    assert second["model"] == models.split(",")[1]
 
 
 def engine() -> str | None:
@@ -100,16 +110,16 @@ def engine() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def image(tiny_bpe: Exported) -> Iterator[tuple[str, str]]:
+def image(models: str) -> Iterator[tuple[str, str]]:
     tool = engine()
     if tool is None:
         pytest.skip("neither podman nor docker is installed: the container cannot be built here")
     name = f"localhost/nemo-ctc-asr-test:{int(time.time())}"
-    os.environ["ASR_MODEL"] = tiny_bpe.tag
+    os.environ["ASR_MODELS"] = models
     try:
         lines = build(name, offline=False)  # the image build installs the runtime wheels from the index
     finally:
-        del os.environ["ASR_MODEL"]
+        del os.environ["ASR_MODELS"]
     yield tool, lines[-1]
     subprocess.run([tool, "rmi", "-f", lines[-1]], capture_output=True)
 
@@ -146,13 +156,16 @@ class Container:
         subprocess.run([self.tool, "rm", "-f", "-t", "5", self.id], capture_output=True)
 
 
-def test_container_answers_like_the_dev_server(image: tuple[str, str], speech_wav: bytes, dev_text: str) -> None:
+def test_container_answers_like_the_dev_server(
+    image: tuple[str, str], models: str, speech_wav: bytes, dev_text: str
+) -> None:
     tool, name = image
     c = Container(tool, name, {"ASR_DEVICE": "auto"})
     try:
         c.wait()
         body = transcribe(c.url, speech_wav)
-        assert body["text"] == dev_text
+        assert body["text"] == dev_text and body["model"] == models.split(",")[0]
+        assert transcribe(c.url, speech_wav, model=models.split(",")[1].split(":")[0])["model"] == models.split(",")[1]
         assert c.exec("id", "-u").stdout.strip() != "0"  # non-root
         listed = c.exec("python", "-m", "pip", "list", "--format=freeze").stdout.lower()
         listed += c.exec("uv", "pip", "list").stdout.lower()

@@ -22,6 +22,12 @@ def test_defaults_and_overrides() -> None:
         }
     )
     assert s.max_duration_s == 10.0 and s.formats == ("WAV", "FLAC") and s.require_mono and s.batch_max_size == 8
+    assert s.model_tags == ("stt_hi_conformer_ctc_medium:latest",)
+
+
+def test_several_models_keep_their_order_and_case() -> None:
+    s = Settings.from_env({"ASR_MODELS": " hi_model:v1 ,en_Model:latest,, ", "ASR_MODEL": "ignored:v0"})
+    assert s.model_tags == ("hi_model:v1", "en_Model:latest")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,99 @@
+"""The models one service serves, and which of them a request gets (by `model` name and/or `language`).
+
+Plain Python (no BentoML): service.py builds the catalog from the store entries; every per-model fact (sample
+rate, vocabulary, frame shift, longest segment) comes from that model's manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import BadRequest
+from service.manifest import Manifest
+from service.tokens import Detokenizer
+
+
+class UnknownModel(BadRequest):
+    code = "unknown_model"
+
+
+class UnknownLanguage(BadRequest):
+    code = "unknown_language"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str  # the store name: what a request gives as `model` (the full tag works too)
+    tag: str  # name:version
+    manifest: Manifest
+    method: str  # the recognizer API that batches this model's segments (one queue per model)
+    segment_samples: int  # longest piece of audio sent to the model at once
+    detok: Detokenizer
+
+    @classmethod
+    def build(cls, tag: str, manifest: Manifest, method: str, segment_s: float) -> ServedModel:
+        detok = Detokenizer(manifest.vocabulary, manifest.tokenizer)
+        return cls(tag.split(":")[0], tag, manifest, method, segment_samples(manifest, segment_s), detok)
+
+    @property
+    def language(self) -> str:
+        return self.manifest.language
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"name": self.name, "tag": self.tag, "language": m.language, "sample_rate": m.sample_rate}
+
+
+def segment_samples(manifest: Manifest, segment_s: float) -> int:
+    """ASR_SEGMENT_S in this model's samples, never beyond what its graph supports (0: the graph's limit)."""
+    wanted = int(segment_s * manifest.sample_rate) if segment_s else manifest.max_segment_samples
+    return min(wanted, manifest.max_segment_samples)
+
+
+class Catalog:
+    """The served models in the order configured; the first is the default."""
+
+    def __init__(self, models: list[ServedModel]) -> None:
+        if not models:
+            raise ValueError("no model to serve")
+        names = [m.name for m in models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"model name(s) {', '.join(twice)} listed more than once; serve one version of each")
+        self.models = models
+
+    @property
+    def default(self) -> ServedModel:
+        return self.models[0]
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def languages(self) -> list[str]:
+        return list(dict.fromkeys(m.language for m in self.models))
+
+    def select(self, model: str = "", language: str = "") -> ServedModel:
+        """`model` (a name, `name:latest` or the full tag) and/or `language` (ISO 639-1; the first served model
+        in that language) -> the model; neither -> the default. A name or language not served is a 400 naming
+        what is."""
+        model, language = model.strip().removesuffix(":latest"), language.strip().lower()
+        if model:
+            chosen = next((m for m in self.models if model in (m.name, m.tag)), None)
+            if chosen is None:
+                raise UnknownModel(f"unknown model {model!r}; served: {', '.join(self.names())}")
+            if language and language != chosen.language:
+                raise UnknownLanguage(
+                    f"model {chosen.name!r} transcribes {chosen.language!r}, not {language!r}; "
+                    f"served: {self._listing()}"
+                )
+            return chosen
+        if language:
+            chosen = next((m for m in self.models if m.language == language), None)
+            if chosen is None:
+                raise UnknownLanguage(f"language {language!r} is not served; served: {self._listing()}")
+            return chosen
+        return self.default
+
+    def _listing(self) -> str:
+        return ", ".join(f"{m.language} ({m.name})" for m in self.models)
