@@ -33,6 +33,23 @@ class SegmentResult(BaseModel):
     frames: int
 
 
+def length_buckets(lengths: Sequence[int], max_padding: float = 0.25) -> list[list[int]]:
+    """Indices grouped for one session run each: longest first, a group closes before its zero padding would
+    exceed `max_padding` of the audio it holds. A batch of 2-s and 30-s clips would otherwise spend most of
+    its compute on zeros (in a mixed batch of 16, up to ~90 %)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        group = groups[-1] if groups else []
+        if group and lengths[group[0]] * (len(group) + 1) > (1 + max_padding) * (
+            sum(lengths[j] for j in group) + lengths[i]
+        ):
+            group = []
+        if not group:
+            groups.append(group)
+        group.append(i)
+    return groups
+
+
 def choose_providers(device: str, available: Sequence[str]) -> list[str]:
     if device == "cpu":
         return [CPU]
@@ -80,6 +97,14 @@ class Recognizer:
         self.input_names, self.output_names = want_in, want_out[:2]
 
     def infer(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
+        """Greedy CTC results in the batch's order; similar lengths share a session run (length_buckets)."""
+        results: list[SegmentResult | None] = [None] * len(batch)
+        for group in length_buckets([a.shape[0] for a in batch]):
+            for i, result in zip(group, self.run([batch[i] for i in group]), strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def run(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
         """One session run over a zero-padded batch; each item decoded over its own valid frames."""
         if not batch:
             return []

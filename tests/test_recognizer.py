@@ -10,7 +10,7 @@ import pytest
 
 from service.errors import ModelMismatch
 from service.manifest import Manifest
-from service.recognizer import Recognizer, choose_providers
+from service.recognizer import Recognizer, choose_providers, length_buckets
 from tests import speech
 from tests.conftest import Exported
 
@@ -70,3 +70,20 @@ def test_batch_equals_alone(tiny_char: Exported) -> None:
     alone = [r.infer([c])[0] for c in clips]
     assert [t.token_ids for t in together] == [a.token_ids for a in alone]
     assert all(np.allclose(t.probability, a.probability, atol=1e-4) for t, a in zip(together, alone, strict=True))
+
+
+def test_length_buckets_bound_padding() -> None:
+    lengths = [32_000, 480_000, 35_000, 470_000, 1, 160_000, 33_000]
+    groups = length_buckets(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # each item once
+    for g in groups:
+        longest = max(lengths[i] for i in g)
+        assert len(g) == 1 or longest * len(g) <= 1.25 * sum(lengths[i] for i in g)
+    assert [sorted(g) for g in groups] == [[1, 3], [5], [0, 2, 6], [4]]
+    assert length_buckets([]) == [] and length_buckets([5, 5, 5]) == [[0, 1, 2]]
+
+
+def test_mixed_lengths_keep_their_order(tiny_bpe: Exported) -> None:
+    r = Recognizer(tiny_bpe.directory, tiny_bpe.manifest, device="cpu")
+    clips = [speech.noise(s, i, 0.2) for i, s in enumerate((0.5, 9.0, 0.6, 8.5, 3.0))]
+    assert [x.token_ids for x in r.infer(clips)] == [r.infer([c])[0].token_ids for c in clips]
