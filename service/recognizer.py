@@ -82,6 +82,10 @@ class Recognizer:
                 "(check the NVIDIA driver and that the container was started with GPUs)"
             )
         self._check_io()
+        # On CPU, several items in one session run cost more than running them one after another (measured with
+        # the medium model on 2 cores: length-sorted batches of 2 ran at 0.63x, of 4 at 0.40x the audio per
+        # second of single runs; docs/benchmarks.md). A GPU gains from batching: there, similar lengths share a run.
+        self.single_runs = CUDA not in self.providers
         log.info("model %s (%s) on %s", manifest.name, file, self.providers)
 
     def _check_io(self) -> None:
@@ -97,7 +101,10 @@ class Recognizer:
         self.input_names, self.output_names = want_in, want_out[:2]
 
     def infer(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
-        """Greedy CTC results in the batch's order; similar lengths share a session run (length_buckets)."""
+        """Greedy CTC results in the batch's order. On CPU each item runs alone; on a GPU similar lengths share a
+        session run (length_buckets)."""
+        if self.single_runs:
+            return [self.run([a])[0] for a in batch]
         results: list[SegmentResult | None] = [None] * len(batch)
         for group in length_buckets([a.shape[0] for a in batch]):
             for i, result in zip(group, self.run([batch[i] for i in group]), strict=True):

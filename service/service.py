@@ -42,8 +42,35 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
             ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
 
 
+def _never_cork() -> None:
+    """BentoML 1.4.39's adaptive batching (CorkDispatcher) holds a lone request back for up to the mean wait
+    of the last 50 batches, hoping for company. After a burst that mean is seconds, and every corked request
+    keeps it up: one 10-s request took 370-590 ms in the recognizer after load against 230 ms for the session
+    run (and its start-up training corks the first calls by up to 5 x 0.67 s). Here the recognizer takes
+    whatever is queued whenever it is free (continuous batching): the learned wait is held at 0 and the
+    training runs unbatched. The queue, its latency bound (503) and the batch metrics stay BentoML's."""
+    from bentoml._internal.marshal import dispatcher
+
+    refresh = dispatcher.Optimizer.trigger_refresh
+    train = dispatcher.CorkDispatcher.train_optimizer
+
+    def trigger_refresh(self: Any) -> None:
+        refresh(self)  # type: ignore[no-untyped-call]
+        self.wait = 0
+
+    async def train_optimizer(self: Any, required: int, to_train: int, batch_size: int) -> None:
+        await train(self, required, to_train, 1)
+
+    dispatcher.Optimizer.trigger_refresh = trigger_refresh  # type: ignore[method-assign,assignment]
+    dispatcher.CorkDispatcher.train_optimizer = train_optimizer  # type: ignore[method-assign,assignment]
+
+
 _limit_malloc_arenas()
+_never_cork()
 SETTINGS = Settings.from_env()
+# Segments of one request in the recognizer's queue at once: a long file neither fills the queue past its
+# latency bound by itself (a 10-minute file is 20 segments) nor makes shorter requests wait behind all of it.
+SEGMENTS_IN_FLIGHT = max(4, SETTINGS.batch_max_size) if SETTINGS.device == "cuda" else 4
 
 
 def _served_tags() -> tuple[str, ...]:
@@ -239,8 +266,7 @@ class Transcriber:
             )
         segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
         try:
-            infer = getattr(self.recognizer.to_async, served.method)
-            raw = await infer([s.samples for s in segments])
+            raw = await self._recognize(served.method, [s.samples for s in segments])
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             # The recognizer process died (and is being restarted by BentoML's arbiter): retryable.
             log.warning("recognizer call failed: %r", exc)
@@ -253,6 +279,26 @@ class Transcriber:
             raise
         results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
         return assemble(segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s)
+
+    async def _recognize(self, method: str, segments: list[np.ndarray]) -> list[Any]:
+        """Every segment through the model's batch queue, at most SEGMENTS_IN_FLIGHT at a time; results in order."""
+        import asyncio
+
+        infer = getattr(self.recognizer.to_async, method)
+        if len(segments) <= SEGMENTS_IN_FLIGHT:
+            return list(await infer(segments))
+        window = asyncio.Semaphore(SEGMENTS_IN_FLIGHT)
+
+        async def one(segment: np.ndarray) -> Any:
+            async with window:
+                return (await infer([segment]))[0]
+
+        tasks = [asyncio.ensure_future(one(s)) for s in segments]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # after a failure, do not leave the rest running
+                task.cancel()
 
 
 for _index, _model in enumerate(MODELS):  # the entry reads every model's manifest (and bentos pack them)

@@ -66,8 +66,8 @@ def test_variant_and_threads_settings(tiny_bpe: Exported, tmp_path: Path) -> Non
 def test_batch_equals_alone(tiny_char: Exported) -> None:
     r = Recognizer(tiny_char.directory, tiny_char.manifest, device="cpu")
     clips = [speech.noise(s, i, 0.2) for i, s in enumerate((0.2, 3.0, 7.5, 1.0))]
-    together = r.infer(clips)
-    alone = [r.infer([c])[0] for c in clips]
+    together = r.run(clips)  # one zero-padded session run (what a GPU batch does)
+    alone = [r.run([c])[0] for c in clips]
     assert [t.token_ids for t in together] == [a.token_ids for a in alone]
     assert all(np.allclose(t.probability, a.probability, atol=1e-4) for t, a in zip(together, alone, strict=True))
 
@@ -83,7 +83,10 @@ def test_length_buckets_bound_padding() -> None:
     assert length_buckets([]) == [] and length_buckets([5, 5, 5]) == [[0, 1, 2]]
 
 
-def test_mixed_lengths_keep_their_order(tiny_bpe: Exported) -> None:
+@pytest.mark.parametrize("single_runs", [True, False])  # the CPU policy, and the GPU one (length buckets)
+def test_mixed_lengths_keep_their_order(tiny_bpe: Exported, single_runs: bool) -> None:
     r = Recognizer(tiny_bpe.directory, tiny_bpe.manifest, device="cpu")
+    assert r.single_runs  # on CPU
+    r.single_runs = single_runs
     clips = [speech.noise(s, i, 0.2) for i, s in enumerate((0.5, 9.0, 0.6, 8.5, 3.0))]
-    assert [x.token_ids for x in r.infer(clips)] == [r.infer([c])[0].token_ids for c in clips]
+    assert [x.token_ids for x in r.infer(clips)] == [r.run([c])[0].token_ids for c in clips]
