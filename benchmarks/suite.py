@@ -303,7 +303,7 @@ def bench_service(
                 data = encode(long_file(minutes), RATE)
                 with Sampler(server) as sampler:
                     best = float("inf")
-                    for _ in range(2):
+                    for _ in range(3 if minutes == 1 else 2):
                         t = time.perf_counter()
                         http.post(
                             server.url + "/transcribe", files={"audio": ("a.wav", data, "audio/wav")}
@@ -396,7 +396,7 @@ def report(results: Results, args: argparse.Namespace, clips: list[np.ndarray], 
     lines += [
         "",
         f"- One 10-s request: service p50 {served_p50 * 1000:.0f} ms, one raw ORT call {raw_p50 * 1000:.0f} ms.",
-        f"- Long files through the service (one client, best of 2): 1 minute {one_wall:.2f} s (peak RSS "
+        f"- Long files through the service (one client, best of 3 and of 2): 1 minute {one_wall:.2f} s (peak RSS "
         f"{one_peak:.0f} MB), 10 minutes {ten_wall:.2f} s (peak RSS {ten_peak:.0f} MB).",
         f"- float32 GEMM on this CPU: {', '.join(f'{k}: {v:.0f}' for k, v in f['gemm'].items())} GFLOP/s; "
         f"ceiling {ceiling:.0f} GFLOP/s.",
@@ -433,6 +433,7 @@ def plot(results: Results, path: Path) -> None:
         xlabel="concurrent clients", ylabel="RTFx (s of audio / s)", title="Throughput", xscale="log", xticks=levels
     )
     left.set_xticklabels([str(n) for n in levels])
+    left.set_ylim(bottom=0)
     right.plot(levels, [r.p50_s for r in rows], "o-", label="p50")
     right.plot(levels, [r.p95_s for r in rows], "s--", label="p95")
     right.set(
@@ -480,6 +481,11 @@ def main() -> None:
     texts = bench_onnx_asr(loaded.model, clips, work, args.device, args.repeats, results)
     results.add(bench_nemo(loaded.model, clips, work, args.device, max(1, args.repeats - 1)))
     bench_service(str(tag), clips, args.device, args.repeats, results, work, graph)
+    # this machine's speed drifts over minutes (a shared VM): measure the raw session again next to the
+    # service runs; the better of the two is the bar the service is held to
+    session = ort_session(graph, args.device)
+    wall = timed(lambda: run_batches(session, clips, 1), args.repeats)
+    results.add(Row("raw ONNX Runtime", "batch 1, again after the service runs", seconds(clips) / wall))
 
     ours = [
         h.text
