@@ -65,8 +65,47 @@ def _never_cork() -> None:
     dispatcher.CorkDispatcher.train_optimizer = train_optimizer  # type: ignore[method-assign,assignment]
 
 
+def _release_timeout_timers() -> None:
+    """BentoML 1.4.39's TimeoutMiddleware (traffic.timeout) arms a timer for every request with
+    `loop.call_later(timeout, ...)` and never cancels it. A timer keeps a copy of the request's context
+    variables (its tracing spans, BentoML's request context), so every request stayed in memory for the whole
+    timeout (300 s here) after it was answered: the "memory growth under load" of docs/reliability.md. Same
+    middleware here, but its timer is armed in an empty context and cancelled when the request ends."""
+    import asyncio
+    import contextvars
+
+    from bentoml._internal.server.http import traffic
+
+    async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter, context=contextvars.Context())
+
+        async def _send(message: Any) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send))
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            if fut.cancel():
+                message = f"Not able to process the request in {self.timeout} seconds"
+                await JSONResponse({"error": message}, status_code=504)(scope, receive, send)
+        else:
+            await fut
+        finally:
+            timer.cancel()
+
+    traffic.TimeoutMiddleware.__call__ = call  # type: ignore[method-assign]
+
+
 _limit_malloc_arenas()
 _never_cork()
+_release_timeout_timers()
 SETTINGS = Settings.from_env()
 # Segments of one request in the recognizer's queue at once: a long file neither fills the queue past its
 # latency bound by itself (a 10-minute file is 20 segments) nor makes shorter requests wait behind all of it.

@@ -91,3 +91,48 @@ def test_batcher_never_corks_a_lone_request(client: TestClient) -> None:
 
     waits = asyncio.run(go())
     assert sum(waits) / len(waits) < 0.015, waits
+
+
+def test_answered_requests_are_not_kept_by_the_timeout_timer(client: TestClient) -> None:
+    """BentoML's TimeoutMiddleware armed a timer per request that held the request's context variables for
+    the whole timeout (see _release_timeout_timers): nothing of an answered request may stay reachable."""
+    import asyncio
+    import contextvars
+    import gc
+    import weakref
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    class Marker:
+        pass
+
+    current: contextvars.ContextVar[Marker] = contextvars.ContextVar("current")
+    refs: list[weakref.ref[Marker]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def go() -> None:
+        middleware = TimeoutMiddleware(app, timeout=300)
+
+        async def request() -> None:
+            marker = Marker()
+            refs.append(weakref.ref(marker))
+            current.set(marker)  # like a request's tracing span in BentoML's context variables
+            sent: list[Any] = []
+
+            async def send(message: Any) -> None:
+                sent.append(message)
+
+            await middleware({"type": "http"}, None, send)
+            assert sent[0]["status"] == 200
+
+        for _ in range(20):
+            await asyncio.create_task(request())  # each request in its own task and context, as in uvicorn
+        await asyncio.sleep(0.01)  # let the loop drop its last handles
+        gc.collect()
+        alive = sum(r() is not None for r in refs)
+        assert alive == 0, f"{alive} of 20 answered requests still referenced"
+
+    asyncio.run(go())
