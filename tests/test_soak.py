@@ -33,7 +33,7 @@ def test_short_soak(tiny_bpe: Exported, tmp_path: Path) -> None:
     )
     assert report.requests > 50 and report.failed == 0, (report.statuses, report.errors[:3])
     # Flat after warm-up (the target: < 5 %). Before the fix of BentoML's timeout timers
-    # (service.service._release_timeout_timers) every answered request stayed in memory for 300 s: +42 % in
+    # (service.patches._release_timeout_timers) every answered request stayed in memory for 300 s: +42 % in
     # the 5-minute soak, ~70-100 KB a request.
     warm = max(1, len(report.rss_mb) // 5)
     per_request_kb = (report.rss_mb[-1] - report.rss_mb[warm]) * 1024 / max(1, report.requests * 0.8)
