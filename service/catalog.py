@@ -70,9 +70,6 @@ class Catalog:
     def names(self) -> list[str]:
         return [m.name for m in self.models]
 
-    def languages(self) -> list[str]:
-        return list(dict.fromkeys(m.language for m in self.models))
-
     def select(self, model: str = "", language: str = "") -> ServedModel:
         """`model` (a name, `name:latest` or the full tag) and/or `language` (ISO 639-1; the first served model
         in that language) -> the model; neither -> the default. A name or language not served is a 400 naming
