@@ -200,8 +200,10 @@ def test_demanded_gpu_that_did_not_load_is_not_ready(tiny_bpe: Exported, tmp_pat
 
 
 def test_concurrency_limit_and_timeout(tiny_bpe: Exported, tmp_path: Path) -> None:
-    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_MAX_CONCURRENCY": "2", "ASR_TIMEOUT_S": "2", "ASR_DEVICE": "cpu"}
-    long_audio = encode(speech.noise(900.0, 3, 0.05), 44100 // 2)  # 15 min: decoding + 30 segments > 2 s
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_MAX_CONCURRENCY": "2", "ASR_TIMEOUT_S": "1", "ASR_DEVICE": "cpu"}
+    # 59 minutes at 8 kHz (57 MB): upload, decoding, resampling and ~120 segments take several seconds even
+    # with the tiny model (15 minutes took under 2 s once the batcher stopped holding requests back)
+    long_audio = encode(speech.noise(3540.0, 3, 0.05, rate=8000), 8000)
 
     async def flood(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
