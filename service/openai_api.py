@@ -77,7 +77,7 @@ async def transcriptions(request: Request) -> Response:
     if fmt == "json":
         return JSONResponse({"text": transcript.text})
     if fmt == "verbose_json":
-        code = service.catalog.select(options["model"]).language
+        code = options["model"].language
         language = LANGUAGE_NAMES.get(code, code)
         grains = options["granularities"]
         return JSONResponse(openai_verbose(transcript, language, "word" in grains, "segment" in grains or not grains))
@@ -98,7 +98,7 @@ def _options(form: Any, service: Any) -> dict[str, Any]:
             float(str(temperature))  # accepted and ignored: decoding is greedy
         except ValueError:
             raise BadRequest("temperature must be a number") from None
-    return {"response_format": fmt, "granularities": grains, "model": chosen.name}
+    return {"response_format": fmt, "granularities": grains, "model": chosen}
 
 
 async def models(request: Request) -> Response:

@@ -19,6 +19,7 @@ import numpy as np
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from service import patches
+from service.catalog import ServedModel
 from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
 from service.formats import ResponseFormat, render
 from service.http import FormRoute, RequestGuard
@@ -55,6 +56,11 @@ def _method(index: int) -> str:
     return f"infer_{index}"
 
 
+def _store_entries(service: Any) -> list[Any]:
+    """The served models' store entries, in order (a BentoModel class attribute resolves on instance access)."""
+    return [getattr(service, f"model_{index}") for index in range(len(MODELS))]
+
+
 def _infer_api(index: int) -> Any:
     """Model `index`'s batchable API: each model has its own adaptive-batching queue, so no batch mixes models."""
 
@@ -76,8 +82,7 @@ class Recognizer:
         from service.manifest import Manifest
 
         self.engines: list[Engine] = []
-        for index in range(len(MODELS)):
-            model = getattr(self, f"model_{index}")  # the store entry (BentoModel resolves on instance access)
+        for model in _store_entries(self):
             directory = Path(model.path)
             try:
                 manifest = Manifest.read(directory)
@@ -132,13 +137,13 @@ class Transcriber:
 
     def __init__(self) -> None:
         from service.audio import Limits
-        from service.catalog import Catalog, ServedModel
+        from service.catalog import Catalog
         from service.manifest import Manifest
 
         self.catalog = Catalog(
             [
                 ServedModel.build(str(m.tag), Manifest.read(Path(m.path)), _method(i), SETTINGS.segment_s)
-                for i, m in enumerate(getattr(self, f"model_{i}") for i in range(len(MODELS)))
+                for i, m in enumerate(_store_entries(self))
             ]
         )
         self.limits = Limits(
@@ -182,7 +187,7 @@ class Transcriber:
 
         try:
             served = self.catalog.select(model, language)
-            transcript = await self.run(await anyio.Path(audio).read_bytes(), served.name)
+            transcript = await self.run(await anyio.Path(audio).read_bytes(), served)
         except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
             return JSONResponse(exc.body(), status_code=int(exc.status))  # type: ignore[return-value]
         if response_format != "json":
@@ -206,8 +211,8 @@ class Transcriber:
         status = await self._recognizer_status()
         return {"model": default.tag, "language": default.language, "models": models, **status}
 
-    async def run(self, data: bytes, model: str = "") -> Transcript:
-        """Bytes of an audio file -> transcript with the named model (default: the first): decode, cut,
+    async def run(self, data: bytes, served: ServedModel) -> Transcript:
+        """Bytes of an audio file -> transcript with the model chosen by catalog.select: decode, cut,
         recognise (batched, in that model's queue), assemble."""
         import anyio
 
@@ -215,7 +220,6 @@ class Transcriber:
         from service.segment import split
         from service.transcript import assemble
 
-        served = self.catalog.select(model)
         if not self._recognizer_ready:
             status = await self._recognizer_status()
             if not status["ready"]:
