@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,6 +26,26 @@ from export.verify import speech_like  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
+
+
+def interleaved(session: Any, audio: np.ndarray, wav: bytes, url: str, runs: int) -> tuple[list[float], list[float]]:
+    """Seconds of one raw `session.run` and of one HTTP POST /transcribe on the same audio, alternately,
+    `runs` times after 3 warm-ups of each: (raw, served)."""
+    feed = {"audio": audio[None, :], "audio_lengths": np.array([audio.shape[0]], np.int64)}
+    raw, served = [], []
+    with httpx.Client(timeout=120) as client:
+        for i in range(3 + runs):
+            t = time.perf_counter()
+            session.run(None, feed)
+            raw_s = time.perf_counter() - t
+            t = time.perf_counter()
+            r = client.post(url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")})
+            served_s = time.perf_counter() - t
+            assert r.status_code == 200, r.text
+            if i >= 3:
+                raw.append(raw_s)
+                served.append(served_s)
+    return raw, served
 
 
 def main() -> None:
@@ -42,22 +63,9 @@ def main() -> None:
     audio = speech_like(args.seconds, manifest.sample_rate, 7)
     wav = encode(audio, manifest.sample_rate)
     session = ort.InferenceSession(entry.path_of(manifest.graph.file), providers=["CPUExecutionProvider"])
-    feed = {"audio": audio[None, :], "audio_lengths": np.array([audio.shape[0]], np.int64)}
-
-    raw, served = [], []
     log = Path("/tmp") / "latency-server.log"
-    with Server({"ASR_MODEL": str(entry.tag), "ASR_DEVICE": "cpu"}, log) as server, httpx.Client() as client:
-        for _ in range(3):  # warm-up both
-            session.run(None, feed)
-            client.post(server.url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")}, timeout=120)
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            session.run(None, feed)
-            raw.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            r = client.post(server.url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")}, timeout=120)
-            served.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
+    with Server({"ASR_MODEL": str(entry.tag), "ASR_DEVICE": "cpu"}, log) as server:
+        raw, served = interleaved(session, audio, wav, server.url, args.runs)
     p50_raw, p50_served = statistics.median(raw), statistics.median(served)
     lines = [
         f"# Latency of one {args.seconds:g}-s request ({time.strftime('%Y-%m-%d')})",

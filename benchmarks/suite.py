@@ -46,6 +46,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.latency import interleaved  # noqa: E402
 from tests import speech  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
@@ -311,21 +312,7 @@ def bench_service(
 
         # one 10-s request: service p50 next to one raw ORT call, interleaved
         ten = long_file(10 / 60)
-        wav = encode(ten, RATE)
-        session = ort_session(graph, device)
-        feed = {"audio": ten[None, :], "audio_lengths": np.array([ten.shape[0]], np.int64)}
-        raw, served = [], []
-        with httpx.Client(timeout=120) as http:
-            for i in range(23):
-                t = time.perf_counter()
-                session.run(None, feed)
-                raw_s = time.perf_counter() - t
-                t = time.perf_counter()
-                http.post(server.url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")}).raise_for_status()
-                if i >= 3:
-                    raw.append(raw_s)
-                    served.append(time.perf_counter() - t)
-        del session
+        raw, served = interleaved(ort_session(graph, device), ten, encode(ten, RATE), server.url, 20)
         results.facts["ten_s"] = (statistics.median(served), statistics.median(raw))
 
         # scaling: the 10-minute file against the 1-minute file
