@@ -7,13 +7,47 @@ from typing import Any
 
 import torch
 
-from export.frontend import LogMelFrontEnd
-from export.graph import max_encoder_frames
+from export.frontend import LogMelFrontEnd, UnsupportedFrontEnd, check_supported
+from export.graph import ATTENTION_TYPES, max_encoder_frames
 from service.manifest import TokenizerSpec
 
 
 class UnsupportedModel(ValueError):
     """The model uses something the artifact cannot describe faithfully."""
+
+
+def check_exportable(model: Any) -> None:
+    """Refuse, before anything is traced, what the graph cannot reproduce: encoders other than Conformer /
+    FastConformer (Citrinet, QuartzNet, Squeezeformer, ...), attention kinds without a known length bound,
+    front ends other than NeMo's log-mel FilterbankFeatures (MFCC, torchaudio features) and their options
+    we do not reproduce, CTC heads other than ConvASRDecoder."""
+    from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor, ConformerEncoder, ConvASRDecoder
+    from nemo.collections.asr.parts.preprocessing.features import FilterbankFeatures
+
+    encoder = model.encoder
+    if type(encoder) is not ConformerEncoder:
+        raise UnsupportedModel(
+            f"encoder {type(encoder).__name__} is not supported: the export reproduces Conformer and FastConformer "
+            "encoders (ConformerEncoder) only"
+        )
+    kind = encoder._cfg.get("self_attention_model", "rel_pos")
+    if kind not in ATTENTION_TYPES:
+        raise UnsupportedModel(
+            f"self_attention_model={kind!r} is not supported (supported: {', '.join(ATTENTION_TYPES)}); local "
+            "attention does not reproduce NeMo in the exported graph"
+        )
+    preprocessor = model.preprocessor
+    if not isinstance(preprocessor, AudioToMelSpectrogramPreprocessor) or type(
+        preprocessor.featurizer
+    ) is not FilterbankFeatures:
+        raise UnsupportedFrontEnd(
+            f"front end {type(preprocessor).__name__} ({type(getattr(preprocessor, 'featurizer', None)).__name__}) "
+            "is not supported: the export reproduces NeMo's log-mel AudioToMelSpectrogramPreprocessor "
+            "(FilterbankFeatures) only"
+        )
+    check_supported(preprocessor.featurizer)
+    if not isinstance(model.decoder, ConvASRDecoder):
+        raise UnsupportedModel(f"CTC head {type(model.decoder).__name__} is not supported (ConvASRDecoder only)")
 
 
 def vocabulary_and_tokenizer(model: Any) -> tuple[list[str], int, TokenizerSpec]:
@@ -71,16 +105,21 @@ def encoder_length(model: Any, feature_frames: int) -> int:
     return math.ceil(feature_frames / subsampling_factor(model))
 
 
-def max_segment_samples(model: Any) -> int:
-    """The longest input (in samples) whose encoder output fits the relative-position table."""
-    limit = max_encoder_frames(model)
-    if limit is None:
-        raise UnsupportedModel("the encoder has no positional table to bound the segment length")
+def tensor_frames(model: Any, samples: int) -> int:
+    """Encoder frames of the *tensor* for an input of `samples` (what the positional table must cover).
+    One more feature frame than NeMo's valid length: the STFT's last window (over the zero padding) is in the
+    tensor, masked out of the length; subsampled, that can make the tensor one frame longer than its length."""
     frontend = LogMelFrontEnd(model.preprocessor.featurizer)
+    valid = int(frontend.feature_lengths(torch.tensor([samples]))[0])
+    return encoder_length(model, valid + 1)
+
+
+def max_segment_samples(model: Any) -> int:
+    """The longest input (in samples) whose encoder tensor fits the positional table baked into the graph."""
+    limit = max_encoder_frames(model)
 
     def fits(samples: int) -> bool:
-        frames = int(frontend.feature_lengths(torch.tensor([samples]))[0])
-        return encoder_length(model, frames) <= limit
+        return tensor_frames(model, samples) <= limit
 
     low, high = 1, 1
     while fits(high):
@@ -92,9 +131,7 @@ def max_segment_samples(model: Any) -> int:
 
 
 def raise_position_limit(model: Any, seconds: float, sample_rate: int) -> None:
-    """Grow the relative-position table so that inputs of `seconds` fit (NeMo's set_max_audio_length)."""
-    frontend = LogMelFrontEnd(model.preprocessor.featurizer)
-    frames = int(frontend.feature_lengths(torch.tensor([math.ceil(seconds * sample_rate)]))[0])
-    needed = encoder_length(model, frames)
-    if needed > (max_encoder_frames(model) or 0):
+    """Grow the positional table so that inputs of `seconds` fit (NeMo's set_max_audio_length)."""
+    needed = tensor_frames(model, math.ceil(seconds * sample_rate))
+    if needed > max_encoder_frames(model):
         model.encoder.set_max_audio_length(needed)

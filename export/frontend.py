@@ -7,6 +7,10 @@ from memory; the order of operations mirrors `FilterbankFeatures.forward` in NeM
     pre-emphasis (masked to the valid samples) -> |STFT|^mag_power (centered, zero-padded) -> mel
     -> log(x + guard) -> per-feature normalisation over the valid frames -> zero the padded frames
 
+With `exact_pad` NeMo instead pads (n_fft - hop) // 2 zeros on both sides *before* pre-emphasis, masks the
+pre-emphasised signal at the original length in those padded coordinates (so the last pad-many samples of
+each clip are zeroed: NeMo's quirk, reproduced) and runs an uncentred STFT.
+
 The STFT is a strided 1-D convolution whose kernels are the window times the DFT basis: ONNX Runtime has
 no CUDA kernel for the ONNX `STFT` op, while Conv runs everywhere.
 """
@@ -28,7 +32,7 @@ class UnsupportedFrontEnd(ValueError):
     """The model's featurizer uses an option this front end does not reproduce."""
 
 
-def _check_supported(fb: Any) -> None:
+def check_supported(fb: Any) -> None:
     if fb.frame_splicing != 1:
         raise UnsupportedFrontEnd(f"frame_splicing={fb.frame_splicing} is not supported (only 1)")
     if fb.normalize not in ("per_feature", None, False, ""):
@@ -45,7 +49,7 @@ class LogMelFrontEnd(nn.Module):
     def __init__(self, featurizer: Any) -> None:
         super().__init__()
         fb = featurizer
-        _check_supported(fb)
+        check_supported(fb)
         self.n_fft: int = int(fb.n_fft)
         self.hop: int = int(fb.hop_length)
         self.exact_pad: bool = bool(fb.exact_pad)
@@ -84,11 +88,15 @@ class LogMelFrontEnd(nn.Module):
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat_len = self.feature_lengths(lengths)
         x = audio
+        if self.exact_pad:  # pad first: pre-emphasis and its mask then work in padded coordinates
+            x = nn.functional.pad(x, (self.stft_pad, self.stft_pad))
         if self.preemph is not None:
             valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
             x = torch.cat((x[:, :1], x[:, 1:] - self.preemph * x[:, :-1]), dim=1)
             x = x.masked_fill(~valid, 0.0)
-        x = nn.functional.pad(x.unsqueeze(1), (self.stft_pad, self.stft_pad))
+        x = x.unsqueeze(1)
+        if not self.exact_pad:
+            x = nn.functional.pad(x, (self.stft_pad, self.stft_pad))
         kernel: torch.Tensor = self.stft_kernel  # type: ignore[assignment]
         spec = nn.functional.conv1d(x, kernel, stride=self.hop)  # [B, 2F, T]
         re, im = spec[:, : self.n_bins], spec[:, self.n_bins :]

@@ -38,14 +38,21 @@ class WaveformToLogProbs(nn.Module):
         return logprobs, encoded_lengths.to(torch.int64)
 
 
-def max_encoder_frames(model: Any) -> int | None:
-    """Longest encoder output the relative-position table covers, or None when there is no such limit."""
-    pos_enc = getattr(model.encoder, "pos_enc", None)
-    pe = getattr(pos_enc, "pe", None)
-    if pe is None:
-        return None
-    # extend_pe(L) builds positions L-1 .. -(L-1): 2L - 1 rows.
-    return (int(pe.shape[1]) + 1) // 2
+# The self-attention kinds the export reproduces (NeMo ConformerEncoder.self_attention_model). Local attention
+# (rel_pos_local_attn) traces, but its graph does not reproduce NeMo (measured: argmax differs on speech).
+ATTENTION_TYPES = ("rel_pos", "abs_pos")
+
+
+def max_encoder_frames(model: Any) -> int:
+    """Longest encoder output the positional table covers, read from the table the graph bakes in:
+    rel_pos builds positions L-1 .. -(L-1) (2L - 1 rows); abs_pos positions 0 .. L-1 (L rows)."""
+    kind = model.encoder._cfg.get("self_attention_model", "rel_pos")
+    rows = int(model.encoder.pos_enc.pe.shape[1])
+    if kind == "rel_pos":
+        return (rows + 1) // 2
+    if kind == "abs_pos":
+        return rows
+    raise ValueError(f"self_attention_model={kind!r} has no length bound we know")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from export.describe import max_segment_samples, raise_position_limit, subsampling_factor, vocabulary_and_tokenizer
+from export.describe import (
+    check_exportable,
+    max_segment_samples,
+    raise_position_limit,
+    subsampling_factor,
+    vocabulary_and_tokenizer,
+)
 from export.frontend import featurizer_facts
 from export.graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx
 from export.sources import LoadedModel
@@ -71,13 +77,13 @@ def build_manifest(
     vocab: tuple[list[str], int, TokenizerSpec],
     parity: ParityReport,
     variants: dict[str, Variant],
+    max_samples: int,
 ) -> Manifest:
     model = loaded.model
     fb = model.preprocessor.featurizer
     sample_rate = int(fb.sample_rate)
     vocabulary, blank_id, tokenizer = vocab
     factor = subsampling_factor(model)
-    max_samples = max_segment_samples(model)
     return Manifest(
         name=name,
         language=loaded.language,
@@ -107,6 +113,7 @@ def build_manifest(
         source=loaded.source,
         versions=versions(),
         parity=parity,
+        demo_notice=str(model.cfg.get("demo_notice", "") or ""),
     )
 
 
@@ -120,15 +127,19 @@ def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Pa
     out_dir = options.workdir or Path(tempfile.mkdtemp(prefix="asr-artifact-"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    check_exportable(model)  # before anything is traced: one clear error for what we cannot reproduce
     if options.max_segment_s:
         raise_position_limit(model, options.max_segment_s, sample_rate)
+    # Read the positional table's bound now: NeMo grows its own table when it meets longer audio (as the
+    # verification may), while the graph keeps the table it was traced with.
+    max_samples = max_segment_samples(model)
     started = time.monotonic()
     progress(f"tracing {type(model).__name__} to ONNX (front end + encoder + CTC head)")
     export_onnx(model, out_dir / GRAPH_FILE, sample_rate)
     size_mb = (out_dir / GRAPH_FILE).stat().st_size / 1e6
     progress(f"graph written: {size_mb:.1f} MB in {time.monotonic() - started:.1f} s")
 
-    clips = options.clips or verification_clips(sample_rate, options.verify_audio)
+    clips = options.clips or verification_clips(sample_rate, options.verify_audio, max_samples)
     vocab = vocabulary_and_tokenizer(model)
     vocabulary, blank_id, tokenizer = vocab
     detok = Detokenizer(vocabulary, tokenizer)
@@ -149,7 +160,7 @@ def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Pa
         variants[kind] = make_variant(kind, out_dir, GRAPH_FILE, model, clips, detok, blank_id, sample_rate, reference)
         progress(f"{kind}: {variants[kind].note}")
 
-    manifest = build_manifest(loaded, name, vocab, parity, variants)
+    manifest = build_manifest(loaded, name, vocab, parity, variants, max_samples)
     manifest.write(out_dir)
     tag = None
     if options.register:

@@ -68,8 +68,9 @@ def from_pretrained(name: str, language: str | None) -> LoadedModel:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(
             f"could not download pretrained model {name!r} ({first[:200]}). Without network access, export a "
-            "local file with `python -m export --nemo PATH.nemo`, or a demo model with random weights with "
-            "`python -m export --config medium`."
+            "local file with `python -m export --nemo PATH.nemo`, the demo model trained here on synthetic speech "
+            "with `python -m export --nemo demo/stt_hi_demo_conformer_ctc.nemo`, or the architecture with "
+            "random weights with `python -m export --config medium`."
         ) from None
     _check_ctc(model, f"pretrained model {name!r}")
     lang = language or _language_of(model, name.split("_")[1] if name.startswith("stt_") else "und")

@@ -3,7 +3,9 @@
 - optimized: ONNX Runtime's offline graph optimisation (basic level: portable across providers).
 - int8: dynamic int8 quantisation of MatMul weights, for CPUs. Not a promised speed-up: on this project's
   AVX2-only test machine int8 was slower than fp32; measure before choosing it.
-- fp16: half-precision weights and activations for GPUs (inputs and outputs stay float32).
+- fp16: half-precision weights and activations for GPUs (inputs and outputs stay float32); the log-mel
+  front end and its per-feature normalisation stay in fp32 (sums of squares over the 3,000 frames of a 30-s
+  segment overflow fp16's 65,504).
 Quantised variants change the numbers; their parity report says by how much, and the service uses the
 fp32 graph unless a variant is chosen explicitly.
 """
@@ -19,6 +21,8 @@ from service.manifest import Variant
 from service.tokens import Detokenizer
 
 KINDS = ("optimized", "int8", "fp16")
+# Node names of the front end in the traced graph (the wrapper's `frontend` submodule, export/graph.py).
+FRONT_END_SCOPE = "/frontend/"
 # Quantised graphs are measured against a looser bound and may differ in tokens: the figures are recorded,
 # not hidden, and only the optimised fp32 graph is refused when it is not exact.
 TOLERANCE = {"optimized": FP32_TOLERANCE, "int8": 2.0, "fp16": 0.5}
@@ -40,10 +44,59 @@ def write_variant(kind: str, source: Path, target: Path) -> None:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+        graph = onnx.load(str(source))
+        front_end = [node.name for node in graph.graph.node if node.name.startswith(FRONT_END_SCOPE)]
+        if not front_end:
+            raise ValueError(f"no {FRONT_END_SCOPE} nodes in the graph: cannot keep the front end in fp32")
+        model = convert_float_to_float16(graph, keep_io_types=True, node_block_list=front_end)
+        _undo_input_round_trips(model)
+        _drop_repeated_nodes(model)
         onnx.save(model, str(target))
     else:
         raise ValueError(f"unknown variant {kind!r}; choose from {', '.join(KINDS)}")
+
+
+def _undo_input_round_trips(model: Any) -> None:
+    """The converter casts each float input to fp16 and, for every fp32 (blocked) node reading it, back to
+    fp32 - under one shared tensor name, which ONNX Runtime refuses - and the front end would see audio
+    rounded to half precision. Here those nodes read the graph input itself, and the casts go."""
+    import onnx
+
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    to_half = {  # fp16 copy of a graph input -> the input
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Cast" and n.input[0] in inputs and n.attribute[0].i == onnx.TensorProto.FLOAT16
+    }
+    back = {  # fp32 copy of such an fp16 copy -> the original input
+        n.output[0]: to_half[n.input[0]]
+        for n in graph.node
+        if n.op_type == "Cast" and n.input[0] in to_half and n.attribute[0].i == onnx.TensorProto.FLOAT
+    }
+    kept = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in back)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in back:
+                node.input[i] = back[name]
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    kept = [n for n in kept if not (n.op_type == "Cast" and n.output[0] in to_half and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _drop_repeated_nodes(model: Any) -> None:
+    """The converter inserts one Cast per fp32 consumer of a tensor, each under the same output and node name
+    (invalid ONNX); identical nodes compute the same tensor, so one of each is kept."""
+    seen: set[bytes] = set()
+    kept = []
+    for node in model.graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
 
 
 def make_variant(

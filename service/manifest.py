@@ -55,6 +55,7 @@ class ParityReport(_Frozen):
     max_abs_logprob_diff: float  # graph vs NeMo forward, valid frames of every clip
     tolerance: float
     tie_frames: int  # frames whose argmax differs where NeMo's own top two are closer than tolerance
+    ties_per_clip: list[int] = Field(default_factory=list)  # the same, clip by clip
     batch_max_abs_diff: float  # one zero-padded batch of all clips vs each clip alone
     batch_identical_tokens: bool
     total_audio_s: float
@@ -100,6 +101,9 @@ class Manifest(_Frozen):
     source: dict[str, str]
     versions: dict[str, str]
     parity: ParityReport
+    # Non-empty for a demonstration model (e.g. the one trained here on synthetic speech, demo/): what it is
+    # and is not. The service marks such models in /status and /v1/models.
+    demo_notice: str = ""
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.describe import encoder_length, max_segment_samples
+from export.describe import max_segment_samples, tensor_frames
 from export.frontend import LogMelFrontEnd
 from export.graph import max_encoder_frames
 from export.pipeline import ort_runner
@@ -109,16 +109,18 @@ def test_transcripts_are_not_trivial(any_model: Exported) -> None:
     assert len(set(best.tolist())) >= 5
 
 
-def test_segment_of_exactly_max_length_runs(tiny_bpe: Exported) -> None:
+def test_segment_of_exactly_max_length_equals_nemo(tiny_bpe: Exported) -> None:
+    """The longest segment the manifest allows runs and equals NeMo (whose own table grows on demand); one
+    sample more would need a longer table than the graph has. (The tensor, not just the valid length, must
+    fit: at the old limit the relative-position slice started at -1 and silently took one row.)"""
     m = tiny_bpe.manifest
     assert m.max_segment_samples == max_segment_samples(tiny_bpe.model)
     limit = max_encoder_frames(tiny_bpe.model)
-    fe = LogMelFrontEnd(tiny_bpe.model.preprocessor.featurizer)
-    frames = int(fe.feature_lengths(torch.tensor([m.max_segment_samples + 1]))[0])
-    assert encoder_length(tiny_bpe.model, frames) > limit  # one more sample would not fit
-    run = ort_runner(tiny_bpe.directory / "model.onnx")
-    _, lengths = run(*pad_batch([speech.noise(m.max_segment_samples / m.sample_rate, 5)]))
-    assert int(lengths[0]) == limit
+    assert tensor_frames(tiny_bpe.model, m.max_segment_samples) <= limit
+    assert tensor_frames(tiny_bpe.model, m.max_segment_samples + 1) > limit  # one more sample would not fit
+    clip = Clip("max", speech.noise(m.max_segment_samples / m.sample_rate, 5))
+    report, problems = parity(tiny_bpe, [clip])
+    assert problems == [] and report.identical_tokens == 1
 
 
 def _export_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -179,7 +181,9 @@ def test_near_silence_keeps_nemo_tokens(any_model: Exported) -> None:
 
 
 def test_variants_are_verified_and_recorded(tiny_bpe: Exported, tmp_path: Path) -> None:
-    """The optimised graph must stay exact; int8 is measured and recorded, not assumed."""
+    """The optimised graph must stay exact; int8 and fp16 are measured and recorded, not assumed, on clips up
+    to a whole 30-s segment. fp16 keeps the front end in fp32: its per-feature sums over a 30-s segment's
+    3,000 frames overflow half precision (NaN, refused by the verifier)."""
     import shutil
 
     from export.variants import make_variant
@@ -188,6 +192,7 @@ def test_variants_are_verified_and_recorded(tiny_bpe: Exported, tmp_path: Path) 
     shutil.copy(tiny_bpe.directory / "model.onnx", tmp_path / "model.onnx")
     m = tiny_bpe.manifest
     clips = verification_clips(m.sample_rate)[:4]
+    assert max(c.audio.shape[0] for c in clips) == 30 * m.sample_rate
     reference = nemo_reference(tiny_bpe.model, clips)
     detok = Detokenizer(m.vocabulary, m.tokenizer)
     args = (tiny_bpe.model, clips, detok, m.blank_id, m.sample_rate, reference)
@@ -197,3 +202,58 @@ def test_variants_are_verified_and_recorded(tiny_bpe: Exported, tmp_path: Path) 
     assert (tmp_path / int8.file).stat().st_size < (tmp_path / "model.onnx").stat().st_size
     assert int8.parity.clips == len(clips) and int8.parity.max_abs_logprob_diff > 0
     assert f"{int8.parity.identical_tokens}/{len(clips)} clips" in int8.note  # the figures travel with it
+    fp16 = make_variant("fp16", tmp_path, "model.onnx", *args)
+    # measured on the whole segment and finite (random weights make it imprecise: recorded, not promised)
+    assert fp16.parity.lengths_s[3] == 30.0 and 0 < fp16.parity.max_abs_logprob_diff < float("inf")
+    import onnx
+
+    graph = onnx.load(str(tmp_path / fp16.file)).graph
+    casts = [n for n in graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16]
+    half = {o for n in casts for o in n.output}
+    assert not any(i in half for n in graph.node if n.name.startswith("/frontend/") for i in n.input)
+
+
+CONFIGS = ROOT / "tests" / "configs"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("citrinet", "encoder ConvASREncoder is not supported"),
+        ("quartznet", "encoder ConvASREncoder is not supported"),
+        ("mfcc", "front end AudioToMFCCPreprocessor"),
+        ("local_attention", "self_attention_model='rel_pos_local_attn' is not supported"),
+    ],
+)
+def test_models_we_cannot_reproduce_are_refused_before_tracing(
+    config: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One `error:` line and exit 1, before anything is traced (no traceback: main() would raise instead)."""
+    from export.__main__ import main
+
+    assert main(["--config", str(CONFIGS / f"{config}.yaml"), "--no-register", "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err[-2000:]
+    assert "tracing" not in err and not (tmp_path / "model.onnx").exists()
+
+
+def test_max_segment_follows_the_attention_kind(tiny_char: Exported, tmp_path: Path) -> None:
+    """rel_pos: a table of 2L - 1 rows bounds L frames; abs_pos: L rows bound L frames (both from a
+    5000-position config: 200 s at 4x). Read before verification, which may grow NeMo's own table."""
+    from export.__main__ import quiet_nemo
+    from export.pipeline import Options, run
+    from export.sources import from_config
+
+    quiet_nemo()
+    loaded = from_config(str(CONFIGS / "abs_pos.yaml"), None, tmp_path / "build")
+    manifest, _, directory = run(loaded, Options(workdir=tmp_path / "out", register=False))
+    assert loaded.model.encoder._cfg.self_attention_model == "abs_pos"
+    assert manifest.max_segment_s == pytest.approx(200.0, abs=0.05)
+    assert tiny_char.manifest.max_segment_s == pytest.approx(200.0, abs=0.05)
+    # the longest segment fills the table exactly, and the graph equals NeMo on it
+    assert tensor_frames(loaded.model, manifest.max_segment_samples) == 5000
+    exported = Exported("abs_pos", loaded.model, manifest, "", directory)
+    clip = Clip("max", speech.noise(manifest.max_segment_samples / 16000, 5))
+    report, problems = parity(exported, [clip])
+    assert problems == [] and report.identical_tokens == 1
