@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,12 +12,20 @@ import numpy.typing as npt
 import soundfile as sf
 import soxr
 
-from service.errors import AudioTooLong, AudioTooShort, BadRequest, EmptyAudio, UndecodableAudio, UnsupportedFormat
+from service.errors import (
+    AudioTooLarge,
+    AudioTooLong,
+    AudioTooShort,
+    BadRequest,
+    EmptyAudio,
+    UndecodableAudio,
+    UnsupportedFormat,
+)
 
 # Rates outside this range are not audio anyone records; refusing them keeps soxr's work bounded.
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 64
-BLOCK_FRAMES = 1 << 16  # decode in blocks so a lying header cannot make us decode past the limit
+BLOCK_FRAMES = 1 << 16  # frames per block: at most 16 MB even at 64 channels
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,8 @@ class Limits:
     formats: tuple[str, ...] = ()  # soundfile container names; empty: any
     require_sample_rate: int = 0
     require_mono: bool = False
+    # rate x channels x seconds x 4 bytes of float32 samples at the upload's own rate, in MB (MiB)
+    max_decoded_mb: float = 1400.0
 
 
 @dataclass(frozen=True)
@@ -38,8 +49,16 @@ class Decoded:
     duration_s: float  # of the audio as sent
 
 
-def decode(data: bytes, target_rate: int, limits: Limits) -> Decoded:
-    """Decode, check, down-mix and resample. Raises the service's client errors (4xx)."""
+class Abandoned(Exception):
+    """Nobody waits for this decoding any more (the client went away or the request timed out)."""
+
+
+def decode(
+    data: bytes, target_rate: int, limits: Limits, stop: Callable[[], bool] | None = None
+) -> Decoded:
+    """Decode, check, down-mix and resample, block by block: a request's peak memory is one block plus its
+    audio at the model's rate, whatever the upload's rate and channel count. Raises the service's client
+    errors (4xx), or Abandoned when `stop()` turns true between blocks."""
     if not data:
         raise EmptyAudio("the audio file is empty")
     try:
@@ -49,6 +68,8 @@ def decode(data: bytes, target_rate: int, limits: Limits) -> Decoded:
             "the upload is not audio in a format we decode (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, ...)"
         ) from None
     with f:
+        if f.format == "WAV":
+            _check_wav_length(data)
         if limits.formats and f.format not in limits.formats:
             raise UnsupportedFormat(f"{f.format} audio is not accepted here; accepted: {', '.join(limits.formats)}")
         rate, channels = int(f.samplerate), int(f.channels)
@@ -60,38 +81,112 @@ def decode(data: bytes, target_rate: int, limits: Limits) -> Decoded:
             raise BadRequest(f"audio must be sampled at {limits.require_sample_rate} Hz (got {rate} Hz)")
         if limits.require_mono and channels != 1:
             raise BadRequest(f"audio must be mono (got {channels} channels)")
-        max_frames = int(limits.max_duration_s * rate)
-        if f.frames > max_frames and f.seekable() and f.frames < 2**62:
-            raise AudioTooLong(f"audio lasts {f.frames / rate:.1f} s; the limit is {limits.max_duration_s:g} s")
-        mono = _read_mono(f, max_frames, limits.max_duration_s)
+        reader = _BlockReader(f, rate, channels, target_rate, limits, stop)
+        declared = f.frames if f.seekable() and 0 <= f.frames < 2**62 else None
+        if declared is not None:  # refuse from the header: nothing decoded yet
+            reader.check(declared, from_header=True)
+        mono = reader.read_all(declared)
         fmt, subtype = str(f.format), str(f.subtype)
-    if mono.shape[0] == 0:
+    frames = reader.frames
+    if frames == 0:
         raise EmptyAudio("the audio holds no samples")
-    if not np.isfinite(mono).all():
-        raise UndecodableAudio("the audio holds NaN or infinite samples")
-    duration = mono.shape[0] / rate
+    duration = frames / rate
     if duration < limits.min_duration_s:
         raise AudioTooShort(f"audio lasts {duration:.2f} s; the minimum is {limits.min_duration_s:g} s")
-    if rate != target_rate:
-        mono = np.asarray(soxr.resample(mono, rate, target_rate, quality="HQ"), dtype=np.float32)
     return Decoded(mono, rate, channels, fmt, subtype, duration)
 
 
-def _read_mono(f: sf.SoundFile, max_frames: int, max_duration_s: float) -> npt.NDArray[np.float32]:
-    """Read block by block, averaging channels, refusing as soon as the real length passes the limit."""
-    blocks: list[npt.NDArray[np.float32]] = []
-    total = 0
-    try:
-        while True:
-            block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-            if block.shape[0] == 0:
-                break
-            total += block.shape[0]
-            if total > max_frames:
-                raise AudioTooLong(f"audio lasts longer than the limit of {max_duration_s:g} s")
-            blocks.append(block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy())
-    except sf.LibsndfileError:
-        raise UndecodableAudio("the audio data is corrupt or truncated") from None
-    if not blocks:
-        return np.zeros(0, np.float32)
-    return np.concatenate(blocks)
+# What writers that stream (pipes, espeak-ng --stdout, sox -t wav -) put in a WAV's size fields when the
+# length is not known when the header is written: such a file is read to its end, as libsndfile does.
+UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+UNKNOWN_SIZE_FLOOR = 0x7FFFF000
+
+
+def _check_wav_length(data: bytes) -> None:
+    """A RIFF WAVE file whose `data` chunk announces more bytes than the file holds was cut short (a partial
+    download or upload): refused, where libsndfile would quietly decode the part that is there."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    position = 12
+    while position + 8 <= len(data):
+        chunk, size = data[position : position + 4], int.from_bytes(data[position + 4 : position + 8], "little")
+        if chunk == b"data":
+            if size in UNKNOWN_SIZES or size >= UNKNOWN_SIZE_FLOOR:
+                return
+            held = len(data) - position - 8
+            if size > held:
+                raise UndecodableAudio(
+                    f"the WAV file is cut short: its header announces {size:,} bytes of audio, it holds {held:,}"
+                )
+            return
+        position += 8 + size + (size & 1)
+
+
+class _BlockReader:
+    """Reads, down-mixes and resamples one block at a time into one output array at the model's rate."""
+
+    def __init__(
+        self,
+        f: sf.SoundFile,
+        rate: int,
+        channels: int,
+        target_rate: int,
+        limits: Limits,
+        stop: Callable[[], bool] | None,
+    ) -> None:
+        self.f, self.rate, self.channels, self.target_rate = f, rate, channels, target_rate
+        self.limits, self.stop = limits, stop
+        self.frames = 0
+        self.max_frames = int(limits.max_duration_s * rate)
+        self.max_decoded_bytes = int(limits.max_decoded_mb * 1024 * 1024)
+        # soxr's streaming resampler gives exactly what a one-shot soxr.resample of the whole file gives
+        self.resampler = (
+            None if rate == target_rate else soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+        )
+
+    def check(self, frames: int, from_header: bool = False) -> None:
+        size = frames * self.channels * 4
+        if frames > self.max_frames:
+            what = f"lasts {frames / self.rate:.1f} s" if from_header else "lasts longer than the limit"
+            raise AudioTooLong(f"audio {what}; the limit is {self.limits.max_duration_s:g} s")
+        if size > self.max_decoded_bytes:
+            mb = size / (1024 * 1024)
+            raise AudioTooLarge(
+                f"audio of {self.rate} Hz x {self.channels} channel(s) x {frames / self.rate:.1f} s decodes to "
+                f"{mb:,.0f} MB of samples; the limit is {self.limits.max_decoded_mb:g} MB (send fewer channels or a "
+                "lower rate, e.g. 16 kHz mono)"
+            )
+
+    def read_all(self, declared: int | None) -> npt.NDArray[np.float32]:
+        ratio = self.target_rate / self.rate
+        out = np.empty(int((declared or BLOCK_FRAMES) * ratio) + 16, np.float32)
+        used = 0
+
+        def put(piece: npt.NDArray[np.float32]) -> None:
+            nonlocal out, used
+            if used + piece.shape[0] > out.shape[0]:  # the header's length was short (or unknown): grow
+                grown = np.empty(max(out.shape[0] * 2, used + piece.shape[0]), np.float32)
+                grown[:used] = out[:used]
+                out = grown
+            out[used : used + piece.shape[0]] = piece
+            used += piece.shape[0]
+
+        try:
+            while True:
+                if self.stop is not None and self.stop():
+                    raise Abandoned
+                block = self.f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                self.frames += block.shape[0]
+                self.check(self.frames)
+                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+                if not np.isfinite(mono).all():
+                    raise UndecodableAudio("the audio holds NaN or infinite samples")
+                put(mono if self.resampler is None else self.resampler.resample_chunk(mono))
+        except sf.LibsndfileError:
+            raise UndecodableAudio("the audio data is corrupt or truncated") from None
+        if self.resampler is not None and self.frames:
+            put(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        # the header's length is usually right, so the array is the output; after growing, let go of the slack
+        return out[:used] if out.shape[0] - used <= max(1024, used // 64) else out[:used].copy()

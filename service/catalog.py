@@ -42,7 +42,15 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
-        return {"name": self.name, "tag": self.tag, "language": m.language, "sample_rate": m.sample_rate}
+        described: dict[str, Any] = {
+            "name": self.name,
+            "tag": self.tag,
+            "language": m.language,
+            "sample_rate": m.sample_rate,
+        }
+        if m.demo_notice:  # a demonstration model says so wherever models are listed
+            described.update(demo=True, notice=m.demo_notice)
+        return described
 
 
 def segment_samples(manifest: Manifest, segment_s: float) -> int:

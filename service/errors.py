@@ -39,6 +39,12 @@ class AudioTooLong(ASRError, ValueError):
     status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "audio_too_long"
 
 
+class AudioTooLarge(ASRError, ValueError):
+    """More decoded samples (rate x channels x duration) than ASR_MAX_DECODED_MB allows."""
+
+    status, code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "audio_too_large"
+
+
 class UnsupportedFormat(ASRError, ValueError):
     status, code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_format"
 

@@ -18,6 +18,17 @@ MAX_CUE_S = 6.0
 MAX_GAP_S = 1.0
 
 ResponseFormat = Literal["json", "text", "srt", "vtt"]
+# The plain-text formats' media types (SubRip has no registered type; application/x-subrip is what players
+# and browsers know).
+MEDIA_TYPES = {
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+def media_type(response_format: str) -> str:
+    return MEDIA_TYPES.get(response_format, "text/plain; charset=utf-8")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,7 +146,7 @@ class RequestGuard:
             scope["headers"] = [
                 (k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
             ] + [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode())]
-        await self.app(scope, _replay(payload, receive), send)
+        await run_watching(self.app, scope, receive, send, payload)
 
     async def _too_large(self, send: Send, style: str) -> None:
         limit_mb = self.max_body / (1024 * 1024)
@@ -178,19 +180,85 @@ class RequestGuard:
         return shaped
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """Hand the buffered body on once, then pass through to the server's receive (for the disconnect).
-    The closure lets go of the body as soon as it is handed over: BentoML keeps request objects (and so
-    this callable) alive after the request, and holding the body here grew the entry process by the size
-    of every upload (measured: +300 MB over 2,000 8-s uploads)."""
-    pending: list[bytes] = [body]
+DISCONNECT: Message = {"type": "http.disconnect"}
 
-    async def replay() -> Message:
-        if pending:
+
+async def run_watching(app: ASGIApp, scope: Scope, receive: Receive, send: Send, body: bytes | None = None) -> None:
+    """Run the app, and cancel it when the client goes away before its response starts: work nobody waits
+    for stops (decoding at its next block, segments not yet run leave the batch queue). `body`: the request
+    body already read (the guard buffers it), handed to the app once; None: the app reads it itself.
+
+    Once the body is in, only the watcher reads the server's `receive` (it answers when the client
+    disconnects or the response is complete); the app's later reads wait for the watcher's verdict."""
+    pending = [] if body is None else [body]
+    body_in, gone = anyio.Event(), anyio.Event()
+    if body is not None:
+        body_in.set()
+    started = False
+
+    async def app_receive() -> Message:
+        if pending:  # handed over once, then let go of (BentoML keeps request objects alive for a while)
             return {"type": "http.request", "body": pending.pop(), "more_body": False}
-        return await receive()  # after the body: wait for the disconnect
+        if body_in.is_set():
+            await gone.wait()
+            return DISCONNECT
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+        elif not message.get("more_body", False):
+            body_in.set()
+        return message
 
-    return replay
+    async def app_send(message: Message) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await body_in.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            if not started:
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        await app(scope, app_receive, app_send)
+        tg.cancel_scope.cancel()
+
+
+class AbandonedCallLog(logging.Filter):
+    """BentoML turns a batch call cancelled because its caller went away into `ServiceUnavailable("process is
+    overloaded")` and logs it as an ERROR with tracebacks. Such records become one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc.__context__, asyncio.CancelledError):
+            path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "%s: call cancelled, its caller went away",
+                (path,),
+                None,
+                None,
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+class CancelOnDisconnect:
+    """For the recognizer: a call whose caller (the entry) has gone is cancelled, so its segments leave the
+    batch queue before they run (see patches._drop_abandoned_jobs)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            await run_watching(self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 MAX_FILENAME_BYTES = 200  # BentoML names its temp file after the upload; the filesystem allows 255 bytes
@@ -213,7 +281,7 @@ async def check_form(
     if not content_type.lower().startswith("multipart/form-data"):
         problem = f"send multipart/form-data with the audio file in the field '{route.file_field}' (fields: {fields})"
         return problem, None
-    request = Request(scope, _replay(body, _never))
+    request = Request(scope, _once(body))
     try:
         form = await request.form(max_files=4, max_fields=32)
     except Exception:
@@ -257,5 +325,10 @@ async def _encode_form(form: Any, file_field: str, upload: Any) -> tuple[bytes, 
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-async def _never() -> Message:
-    return {"type": "http.disconnect"}
+def _once(body: bytes) -> Receive:
+    pending = [body]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": pending.pop(), "more_body": False} if pending else DISCONNECT
+
+    return receive

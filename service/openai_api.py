@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from service.errors import ASRError, BadRequest
-from service.formats import openai_verbose, render
+from service.formats import media_type, openai_verbose, render
 from service.http import error_body
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -81,7 +81,7 @@ async def transcriptions(request: Request) -> Response:
         language = LANGUAGE_NAMES.get(code, code)
         grains = options["granularities"]
         return JSONResponse(openai_verbose(transcript, language, "word" in grains, "segment" in grains or not grains))
-    return PlainTextResponse(render(transcript, fmt))
+    return PlainTextResponse(render(transcript, fmt), media_type=media_type(fmt))
 
 
 def _options(form: Any, service: Any) -> dict[str, Any]:

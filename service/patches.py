@@ -1,18 +1,98 @@
 """Fixes to BentoML 1.4.39's serving path and to the worker processes, applied when service.py is imported
-(in every worker). Each one is a measured problem; tests/test_service_inprocess.py checks the BentoML ones."""
+(in every worker). Each one is a measured problem; tests/test_patches.py shows each (stock BentoML fails it).
+
+Every patch replaces code of one BentoML release. Before anything is patched, `apply()` checks the installed
+BentoML's version and the source of every function a patch replaces or wraps (a SHA-256 of
+`inspect.getsource`); on any difference the service refuses to start with one line naming the function,
+instead of failing at request time. Upgrading BentoML means re-reading each patch against the new code.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import JSONResponse
 
+BENTOML_VERSION = "1.4.39"
+# The code each patch was written for: qualified name -> first 16 hex digits of sha256(inspect.getsource(...)).
+REPLACED = {
+    "bentoml._internal.marshal.dispatcher.Optimizer.trigger_refresh": "f87e72c1c3570482",
+    "bentoml._internal.marshal.dispatcher.CorkDispatcher.train_optimizer": "311114504896b3fb",
+    "bentoml._internal.marshal.dispatcher.CorkDispatcher.inbound_call": "2c6278ea11900d05",
+    "bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
+    "bentoml._internal.utils.filesystem.TempfilePool.release": "7ac0cb70fe0a86e8",
+    "bentoml._internal.context.ServiceContext.in_request": "17f83b1eb008c3c4",
+}
+
+
+class PatchMismatch(RuntimeError):
+    """The installed BentoML is not the code these patches were written for."""
+
+
+def _resolve(qualified: str) -> Any:
+    import importlib
+
+    parts = qualified.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(qualified)
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def check(version: str | None = None, replaced: dict[str, str] | None = None) -> None:
+    """Raise PatchMismatch unless BentoML is the release and code the patches were written for."""
+    import bentoml
+
+    version = version or bentoml.__version__
+    if version != BENTOML_VERSION:
+        raise PatchMismatch(
+            f"service/patches.py was written for BentoML {BENTOML_VERSION}, but {version} is installed: "
+            f"install bentoml=={BENTOML_VERSION} or re-check every patch against the new release"
+        )
+    for name, digest in (replaced or REPLACED).items():
+        try:
+            found = fingerprint(_originals.get(name) or _resolve(name))
+        except (ImportError, AttributeError, OSError, TypeError):
+            found = "missing"
+        if found != digest:
+            raise PatchMismatch(
+                f"BentoML's {name} is not the code service/patches.py was written for "
+                f"(source {found}, expected {digest}): re-check the patch before serving"
+            )
+
+
+_applied = False
+_originals: dict[str, Any] = {}  # the replaced code, kept so that check() still reads it once patched
+# Called with the number of segments dropped from a batch queue because their caller went away.
+on_dropped: Callable[[int], None] = lambda count: None  # noqa: E731
+
 
 def apply() -> None:
+    global _applied
+    if _applied:
+        return
+    check()
+    _originals.update({name: _resolve(name) for name in REPLACED})
     _limit_malloc_arenas()
     _never_cork()
+    _drop_abandoned_jobs()
     _release_timeout_timers()
+    _remove_request_dirs()
+    _applied = True
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
@@ -51,12 +131,48 @@ def _never_cork() -> None:
     dispatcher.CorkDispatcher.train_optimizer = train_optimizer  # type: ignore[method-assign,assignment]
 
 
+def _drop_abandoned_jobs() -> None:
+    """BentoML 1.4.39 runs every queued job, even one whose caller has gone: when the caller's handler is
+    cancelled its future is cancelled, but the job stays in the queue and is batched and run anyway (a
+    client that hung up on a 10-minute file kept the recognizer busy with its segments). Here a job leaves
+    the queue the moment its future is cancelled, so it never runs; a job already in a running batch
+    finishes. The latency bound's own cancellations are unchanged (BentoML pops those jobs first)."""
+    import time
+
+    from bentoml._internal.marshal import dispatcher
+
+    def forget(self: Any, job: Any, future: Any) -> None:
+        if not future.cancelled():
+            return
+        try:
+            self._queue.remove(job)
+        except ValueError:
+            return  # already taken into a batch (it ran), or popped by the latency bound
+        try:
+            count = int(self.get_batch_size(job.data))
+        except Exception:
+            count = 1
+        on_dropped(count)
+
+    async def inbound_call(self: Any, data: Any) -> Any:
+        job = dispatcher.Job(time.time(), data, self._loop.create_future())
+        self._queue.append(job)
+        job.future.add_done_callback(functools.partial(forget, self, job))
+        async with self._wake_event:
+            self._wake_event.notify_all()
+        return await job.future
+
+    dispatcher.CorkDispatcher.inbound_call = inbound_call  # type: ignore[method-assign]
+
+
 def _release_timeout_timers() -> None:
     """BentoML 1.4.39's TimeoutMiddleware (traffic.timeout) arms a timer for every request with
     `loop.call_later(timeout, ...)` and never cancels it. A timer keeps a copy of the request's context
     variables (its tracing spans, BentoML's request context), so every request stayed in memory for the whole
     timeout (300 s here) after it was answered: the "memory growth under load" of docs/reliability.md. Same
-    middleware here, but its timer is armed in an empty context and cancelled when the request ends."""
+    middleware here, but its timer is armed in an empty context and cancelled when the request ends. And it
+    stops waiting when the app ends without answering (its client went away, see http.run_watching): stock,
+    such a request stayed in the middleware until the timeout fired."""
     import asyncio
     import contextvars
 
@@ -74,7 +190,12 @@ def _release_timeout_timers() -> None:
                 waiter.set_result(None)
             await send(message)
 
+        def ended(_: Any) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
         fut = asyncio.ensure_future(self.app(scope, receive, _send))
+        fut.add_done_callback(ended)
         try:
             await waiter
         except asyncio.TimeoutError:
@@ -87,3 +208,18 @@ def _release_timeout_timers() -> None:
             timer.cancel()
 
     traffic.TimeoutMiddleware.__call__ = call  # type: ignore[method-assign]
+
+
+def _remove_request_dirs() -> None:
+    """BentoML 1.4.39 writes each upload to a file in a per-request directory (bentoml-request-*) taken from
+    a pool, and on release empties the directory and keeps it for the next request: the directories outlive
+    every request (one per request ever in flight at once) and the temporary directory never returns to what
+    it was. Here a released directory is removed with what is in it."""
+    import shutil
+
+    from bentoml._internal.context import request_tempdir_pool
+
+    def release(dir: str) -> None:
+        shutil.rmtree(dir, ignore_errors=True)
+
+    request_tempdir_pool.release = release  # type: ignore[method-assign]

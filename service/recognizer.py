@@ -31,6 +31,21 @@ class SegmentResult(BaseModel):
     last_frame: list[int]
     probability: list[float]
     frames: int
+    # Set when ONNX Runtime failed on this segment (e.g. device memory exhausted): the entry answers 503
+    # `unavailable`. A result, not an exception, so that the batch's other segments are still answered.
+    error: str = ""
+
+    @classmethod
+    def failed(cls, reason: str) -> SegmentResult:
+        return cls(token_ids=[], first_frame=[], last_frame=[], probability=[], frames=0, error=reason)
+
+
+class SessionRunError(RuntimeError):
+    """ONNX Runtime raised while running the graph (out of device memory, a kernel failure, ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind  # ORT's exception type: Fail, RuntimeException, EPFail, ...
 
 
 def length_buckets(lengths: Sequence[int], max_padding: float = 0.25) -> list[list[int]]:
@@ -69,6 +84,7 @@ class Recognizer:
                 log.info("no CUDA libraries preloaded: %s", exc)
         self.manifest = manifest
         file = manifest.graph.file if not variant else manifest.variants[variant].file
+        self.graph_file = file
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
@@ -104,12 +120,22 @@ class Recognizer:
         """Greedy CTC results in the batch's order. On CPU each item runs alone; on a GPU similar lengths share a
         session run (length_buckets)."""
         if self.single_runs:
-            return [self.run([a])[0] for a in batch]
+            return [self.run_or_fail([a])[0] for a in batch]
         results: list[SegmentResult | None] = [None] * len(batch)
         for group in length_buckets([a.shape[0] for a in batch]):
-            for i, result in zip(group, self.run([batch[i] for i in group]), strict=True):
+            for i, result in zip(group, self.run_or_fail([batch[i] for i in group]), strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
+
+    def run_or_fail(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
+        """run(), with a failure of ONNX Runtime itself turned into failed results (logged once each)."""
+        try:
+            return self.run(batch)
+        except SessionRunError as exc:
+            log.error("ONNX Runtime failed on %d segment(s) of model %s: %s", len(batch), self.manifest.name, exc)
+            # the client gets the kind of failure, never ORT's message (it holds source paths and shapes)
+            reason = f"the model could not run ({exc.kind}); the server log has the details"
+            return [SegmentResult.failed(reason)] * len(batch)
 
     def run(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
         """One session run over a zero-padded batch; each item decoded over its own valid frames."""
@@ -119,9 +145,12 @@ class Recognizer:
         padded = np.zeros((len(batch), int(lengths.max(initial=1)) or 1), dtype=np.float32)
         for i, audio in enumerate(batch):
             padded[i, : audio.shape[0]] = audio
-        logprobs, out_lengths = self.session.run(
-            self.output_names, {self.input_names[0]: padded, self.input_names[1]: lengths}
-        )
+        try:
+            logprobs, out_lengths = self.session.run(
+                self.output_names, {self.input_names[0]: padded, self.input_names[1]: lengths}
+            )
+        except Exception as exc:  # ORT's own error types (Fail, RuntimeException, EPFail, ...) share no base
+            raise SessionRunError(type(exc).__name__, str(exc)) from exc
         results = []
         for i in range(len(batch)):
             g = greedy_decode(logprobs[i], int(out_lengths[i]), self.manifest.blank_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,28 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from service import patches
 from service.catalog import ServedModel
 from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
-from service.formats import ResponseFormat, render
-from service.http import FormRoute, RequestGuard
+from service.formats import ResponseFormat, media_type, render
+from service.http import AbandonedCallLog, CancelOnDisconnect, FormRoute, RequestGuard
 from service.openai_api import OPENAI_FIELDS, openai_app
 from service.recognizer import Recognizer as Engine
 from service.recognizer import SegmentResult
 from service.schemas import SegmentSpan, Transcription, Word
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from service.transcript import Transcript
 
-patches.apply()
-SETTINGS = Settings.from_env()
+
+def _fail(message: str) -> None:
+    """Stop the start with one clear line (instead of a traceback, or BentoML's schema error naming its own
+    config keys rather than the ASR_* setting the user wrote)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+try:
+    patches.apply()
+    SETTINGS = Settings.from_env()
+except (SettingsError, patches.PatchMismatch) as _exc:
+    _fail(str(_exc))
 # Segments of one request in the recognizer's queue at once: a long file neither fills the queue past its
 # latency bound by itself (a 10-minute file is 20 segments) nor makes shorter requests wait behind all of it.
 SEGMENTS_IN_FLIGHT = max(4, SETTINGS.batch_max_size) if SETTINGS.device == "cuda" else 4
@@ -40,7 +52,7 @@ SEGMENTS_IN_FLIGHT = max(4, SETTINGS.batch_max_size) if SETTINGS.device == "cuda
 def _served_tags() -> tuple[str, ...]:
     """ASR_MODELS / ASR_MODEL when set; else the models a bento was built for (`bentoml build --arg
     models=TAG,...`, kept in the bento); else the default."""
-    if "ASR_MODELS" in os.environ or "ASR_MODEL" in os.environ:
+    if os.environ.get("ASR_MODELS", "").strip() or os.environ.get("ASR_MODEL", "").strip():
         return SETTINGS.model_tags
     arguments = bentoml.use_arguments()
     built = getattr(arguments, "models", "") or getattr(arguments, "model", "")
@@ -50,6 +62,38 @@ def _served_tags() -> tuple[str, ...]:
 # At class scope (below), so that `bentoml build` records (and containers carry) every model.
 MODELS = [bentoml.models.BentoModel(tag) for tag in _served_tags()]
 log = logging.getLogger("asr")
+
+
+def _check_variant() -> None:
+    """ASR_VARIANT must exist in every served model: refused at start-up, not at the first request."""
+    from service.manifest import Manifest
+
+    if not SETTINGS.variant:
+        return
+    for model in MODELS:
+        try:
+            variants = Manifest.read(Path(model.stored.path)).variants
+        except Exception:
+            continue  # a missing or unreadable model is reported by BentoML and the recognizer, by name
+        if SETTINGS.variant not in variants:
+            has = ", ".join(sorted(variants)) or "none"
+            _fail(
+                f"ASR_VARIANT={SETTINGS.variant!r}: model {model.tag} has no {SETTINGS.variant} variant (it has: "
+                f"{has}); export it with `python -m export ... --variants {SETTINGS.variant}` or unset ASR_VARIANT"
+            )
+
+
+_check_variant()
+
+# Segments the recognizer ran, by model and outcome (run; failed: ONNX Runtime raised), and segments it dropped
+# from a batch queue unrun because their caller went away (BentoML's queue does not say which model's).
+SEGMENTS = bentoml.metrics.Counter(
+    name="asr_recognizer_segments", documentation="segments run, by model and outcome", labelnames=["model", "outcome"]
+)
+DROPPED = bentoml.metrics.Counter(
+    name="asr_recognizer_segments_dropped", documentation="segments dropped unrun: their caller went away"
+)
+patches.on_dropped = DROPPED.inc
 
 
 def _method(index: int) -> str:
@@ -66,7 +110,13 @@ def _infer_api(index: int) -> Any:
 
     def infer(self: Any, segments: list[np.ndarray]) -> list[SegmentResult]:
         engine: Engine = self.engines[index]
-        return engine.infer(segments)
+        results = engine.infer(segments)
+        failed = sum(1 for r in results if r.error)
+        name = engine.manifest.name
+        if failed:
+            SEGMENTS.labels(model=name, outcome="failed").inc(failed)
+        SEGMENTS.labels(model=name, outcome="run").inc(len(results) - failed)
+        return results
 
     infer.__name__ = infer.__qualname__ = _method(index)
     return bentoml.api(
@@ -97,20 +147,26 @@ class Recognizer:
             if not engine.not_ready_reason:
                 engine.warmup()
             self.engines.append(engine)
-        log.info("recognizer ready=%s providers=%s", self._ready(), self.engines[0].providers)
+        log.info("recognizer ready=%s providers=%s", self._ready(), [e.providers for e in self.engines])
 
     def _ready(self) -> bool:
         return not any(e.not_ready_reason for e in self.engines)
 
-    def __is_ready__(self) -> bool:
+    async def __is_ready__(self) -> bool:
         return self._ready()
 
+    # async: answered on the event loop, never queued behind inference (sync APIs share BentoML's one-thread
+    # limiter with the batch runs, so under load a status call waited for seconds and readiness flapped).
     @bentoml.api
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         return {
             "ready": self._ready(),
             "reason": next((e.not_ready_reason for e in self.engines if e.not_ready_reason), ""),
             "providers": self.engines[0].providers,
+            "models": [
+                {"providers": e.providers, "graph": e.graph_file, "variant": SETTINGS.variant or "fp32"}
+                for e in self.engines
+            ],
         }
 
 
@@ -130,6 +186,9 @@ Recognizer = bentoml.service(  # type: ignore[misc]
     # local (a Unix socket); never renew.
     runner_connection={"max_requests": 2**62, "max_age": 1e12},
 )(Recognizer)
+Recognizer.add_asgi_middleware(CancelOnDisconnect)  # type: ignore[attr-defined]
+# BentoML logs each call cancelled that way as an ERROR with two tracebacks; it is a normal event: one line.
+logging.getLogger("bentoml._internal.server.http_app").addFilter(AbandonedCallLog())
 
 
 class Transcriber:
@@ -152,8 +211,11 @@ class Transcriber:
             SETTINGS.formats,
             SETTINGS.require_sample_rate,
             SETTINGS.require_mono,
+            SETTINGS.max_decoded_mb,
         )
-        self._recognizer_ready = False  # cached once true: a loaded provider does not go away
+        # Requests check readiness until it is first true, then never again: a loaded model does not go away,
+        # and a recognizer that dies shows as 503 `unavailable` from the call itself. Probes always ask.
+        self._recognizer_ready = False
 
     async def __is_ready__(self) -> bool:
         return (await self._recognizer_status())["ready"] is True
@@ -166,8 +228,9 @@ class Transcriber:
                 status: dict[str, Any] = await self.recognizer.to_async.status()
         except Exception:
             reason = "the recognizer does not answer (is the model loadable? the server log says why)"
-            status = {"ready": False, "reason": reason, "providers": []}
-        self._recognizer_ready = status["ready"] is True
+            status = {"ready": False, "reason": reason, "providers": [], "models": []}
+        if status["ready"] is True:
+            self._recognizer_ready = True
         return status
 
     @bentoml.api
@@ -191,7 +254,8 @@ class Transcriber:
         except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
             return JSONResponse(exc.body(), status_code=int(exc.status))  # type: ignore[return-value]
         if response_format != "json":
-            return PlainTextResponse(render(transcript, response_format))  # type: ignore[return-value]
+            text = render(transcript, response_format)
+            return PlainTextResponse(text, media_type=media_type(response_format))  # type: ignore[return-value]
         words = [Word(**vars(w)) for w in transcript.words] if timestamps else None
         return Transcription(
             text=transcript.text,
@@ -207,13 +271,19 @@ class Transcriber:
         """The models served (the first is the default), the providers and readiness (with the reason when
         not ready)."""
         default = self.catalog.default
-        models = [m.describe() for m in self.catalog.models]
         status = await self._recognizer_status()
-        return {"model": default.tag, "language": default.language, "models": models, **status}
+        running = status.pop("models", [])
+        models = [
+            {**m.describe(), **(running[i] if i < len(running) else {"providers": [], "ready": False})}
+            for i, m in enumerate(self.catalog.models)
+        ]
+        return {"model": default.tag, "language": default.language, **status, "models": models}
 
     async def run(self, data: bytes, served: ServedModel) -> Transcript:
         """Bytes of an audio file -> transcript with the model chosen by catalog.select: decode, cut,
         recognise (batched, in that model's queue), assemble."""
+        import threading
+
         import anyio
 
         from service.audio import decode
@@ -225,7 +295,16 @@ class Transcriber:
             if not status["ready"]:
                 raise NotReady(f"the service is not ready: {status['reason']}")
         manifest, rate = served.manifest, served.manifest.sample_rate
-        decoded = await anyio.to_thread.run_sync(decode, data, rate, self.limits)
+        stop = threading.Event()
+        try:
+            # abandon_on_cancel: a cancelled request (client gone, timeout) does not wait for its decoding,
+            # which stops at its next block
+            decoded = await anyio.to_thread.run_sync(
+                decode, data, rate, self.limits, stop.is_set, abandon_on_cancel=True
+            )
+        except BaseException:
+            stop.set()
+            raise
         if decoded.samples.shape[0] < manifest.frame_shift_s * rate:
             shift_ms = manifest.frame_shift_s * 1000
             raise AudioTooShort(
@@ -245,15 +324,31 @@ class Transcriber:
                 raise Overloaded("the recognizer is overloaded; retry shortly") from exc
             raise
         results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
+        failed = next((r.error for r in results if r.error), "")
+        if failed:
+            raise RecognizerUnavailable(f"{failed}; retry shortly")
         return assemble(segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s)
 
     async def _recognize(self, method: str, segments: list[np.ndarray]) -> list[Any]:
         """Every segment through the model's batch queue, at most SEGMENTS_IN_FLIGHT at a time; results in order."""
         import asyncio
 
-        infer = getattr(self.recognizer.to_async, method)
+        remote = getattr(self.recognizer.to_async, method)
+
+        async def infer(batch: list[np.ndarray]) -> list[Any]:
+            try:
+                return list(await remote(batch))
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection the recognizer's server closed (idle timeout) just as it was
+                # reused: the call never arrived (seen as "Can not write request body" twice in eight 10-minute
+                # files with the demo model). The call is a pure function of the audio: try once more on a
+                # fresh connection; a recognizer that really died fails again and is reported as such.
+                log.info("recognizer call retried once: %r", exc)
+                await asyncio.sleep(0.05)
+                return list(await remote(batch))
+
         if len(segments) <= SEGMENTS_IN_FLIGHT:
-            return list(await infer(segments))
+            return await infer(segments)
         window = asyncio.Semaphore(SEGMENTS_IN_FLIGHT)
 
         async def one(segment: np.ndarray) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -31,6 +32,11 @@ class Settings:
     # Shortest and longest audio accepted, in seconds (after decoding).
     min_duration_s: float = 0.0
     max_duration_s: float = 3600.0
+    # Largest decoded audio accepted: rate x channels x seconds x 4 bytes of float32 at the upload's own rate,
+    # in MB; refused from the header (413). 1400 MB takes an hour of 48 kHz stereo. Decoding runs block by
+    # block, so a request's memory is one block plus its audio at the model's rate, whatever this says; the
+    # limit bounds the decoding work (an hour of 384 kHz stereo is 11 GB of samples from a 6-MB FLAC).
+    max_decoded_mb: float = 1400.0
     # Longest piece of audio sent to the model at once; longer audio is cut at quiet points. 0: the model's
     # own limit (max_segment_s in the manifest). Audio up to this length is transcribed exactly as NeMo does.
     segment_s: float = 30.0
@@ -52,12 +58,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Read ASR_<FIELD> variables (e.g. ASR_MAX_DURATION_S); absent ones keep their defaults."""
+        """Read ASR_<FIELD> variables (e.g. ASR_MAX_DURATION_S); absent or empty ones keep their defaults."""
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = env.get(f"ASR_{f.name.upper()}")
-            if raw is None:
+            if raw is None or not raw.strip():
                 continue
             default = getattr(cls, f.name)
             try:
@@ -69,6 +75,8 @@ class Settings:
                     values[f.name] = int(raw)
                 elif isinstance(default, float):
                     values[f.name] = float(raw)
+                    if not math.isfinite(values[f.name]):  # type: ignore[arg-type]
+                        raise ValueError(raw)
                 elif isinstance(default, tuple):
                     parts = tuple(p.strip() for p in raw.split(",") if p.strip())
                     values[f.name] = tuple(p.upper() for p in parts) if f.name == "formats" else parts
@@ -81,17 +89,36 @@ class Settings:
         return settings
 
     def check(self) -> None:
+        """Refuse values the service cannot work with, naming the variable (one line each)."""
+
+        def bad(name: str, rule: str) -> SettingsError:
+            return SettingsError(f"ASR_{name.upper()}={getattr(self, name)!r}: {rule}")
+
         if self.device not in ("auto", "cpu", "cuda"):
-            raise SettingsError(f"ASR_DEVICE={self.device!r}: use auto, cpu or cuda")
+            raise bad("device", "use auto, cpu or cuda")
         if self.variant not in ("", "optimized", "int8", "fp16"):
-            raise SettingsError(f"ASR_VARIANT={self.variant!r}: use optimized, int8, fp16 or leave it empty")
-        if not 0 <= self.min_duration_s <= self.max_duration_s:
-            raise SettingsError("ASR_MIN_DURATION_S must be between 0 and ASR_MAX_DURATION_S")
-        if self.max_upload_mb <= 0 or self.segment_s < 0 or self.batch_max_size < 2 or self.min_pause_s <= 0:
-            raise SettingsError(
-                "ASR_MAX_UPLOAD_MB > 0, ASR_SEGMENT_S >= 0, ASR_MIN_PAUSE_S > 0 and ASR_BATCH_MAX_SIZE >= 2 "
-                "are required"
-            )
+            raise bad("variant", "use optimized, int8, fp16 or leave it empty")
+        if any(not t or " " in t for t in self.model_tags):
+            raise bad("models" if self.models else "model", "store tags are name[:version], without spaces")
+        positive = {
+            "max_upload_mb": "the largest upload in MB must be above 0",
+            "max_duration_s": "the longest audio in seconds must be above 0",
+            "max_decoded_mb": "the largest decoded audio in MB must be above 0",
+            "min_pause_s": "the shortest pause in seconds must be above 0",
+            "batch_max_latency_ms": "the batcher's latency bound in ms must be above 0",
+            "timeout_s": "seconds before 504 must be at least 1",
+            "max_concurrency": "requests in flight must be at least 1",
+        }
+        for name, rule in positive.items():
+            if not getattr(self, name) > 0:
+                raise bad(name, rule)
+        for name in ("min_duration_s", "segment_s", "ort_threads", "require_sample_rate"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must not be negative")
+        if self.min_duration_s > self.max_duration_s:
+            raise bad("min_duration_s", f"must not exceed ASR_MAX_DURATION_S={self.max_duration_s:g}")
+        if self.batch_max_size < 2:
+            raise bad("batch_max_size", "a batch must hold at least 2 segments")
 
     @property
     def model_tags(self) -> tuple[str, ...]:

@@ -26,3 +26,56 @@ def encode(audio: npt.NDArray[np.float32], rate: int, container: str = "WAV", su
     buffer = io.BytesIO()
     sf.write(buffer, audio, rate, format=container, subtype=subtype)
     return buffer.getvalue()
+
+
+def _crc(data: bytes, poly: int, bits: int) -> int:
+    top, mask, crc = 1 << (bits - 1), (1 << bits) - 1, 0
+    for byte in data:
+        crc ^= byte << (bits - 8)
+        for _ in range(8):
+            crc = ((crc << 1) ^ poly) & mask if crc & top else (crc << 1) & mask
+    return crc
+
+
+def _utf8_number(n: int) -> bytes:
+    """FLAC's frame number: UTF-8's variable-length coding of an integer."""
+    if n < 0x80:
+        return bytes([n])
+    payload: list[int] = []
+    while True:
+        payload.insert(0, 0x80 | (n & 0x3F))
+        n >>= 6
+        lead_bits = 6 - len(payload)  # bits left in the first byte
+        if n < (1 << lead_bits):
+            prefix = (0xFF << (7 - len(payload))) & 0xFF
+            return bytes([prefix | n, *payload])
+
+
+def silent_flac(rate: int, channels: int, seconds: float, block: int = 4096) -> bytes:
+    """A real FLAC stream of digital silence, written frame by frame (constant subframes, 16 bits), in a second
+    where libFLAC takes minutes for an hour at 384 kHz: a few MB that decode to GBs of samples. The length must
+    be a whole number of blocks."""
+    frames, rest = divmod(round(seconds * rate), block)
+    if rest or block != 4096 or not 1 <= channels <= 8:
+        raise ValueError("whole 4096-sample blocks and 1-8 channels only")
+    info = (
+        block.to_bytes(2, "big") * 2
+        + (0).to_bytes(3, "big") * 2
+        + ((rate << 44) | ((channels - 1) << 41) | (15 << 36) | (frames * block)).to_bytes(8, "big")
+        + bytes(16)  # MD5 unknown
+    )
+    head = b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info
+    # sync + fixed blocking; block size code 0b1100 (4096), rate from STREAMINFO; channels; 16 bits
+    fixed = bytes([0xFF, 0xF8, 0xC0, ((channels - 1) << 4) | (0b100 << 1)])
+    subframes = bytes([0x00, 0x00, 0x00]) * channels  # CONSTANT subframe, value 0
+    table16 = [_crc(bytes([b]), 0x8005, 16) for b in range(256)]
+    out = [head]
+    for n in range(frames):
+        header = fixed + _utf8_number(n)
+        header += bytes([_crc(header, 0x07, 8)])
+        frame = header + subframes
+        crc = 0
+        for byte in frame:
+            crc = ((crc << 8) & 0xFFFF) ^ table16[(crc >> 8) ^ byte]
+        out.append(frame + crc.to_bytes(2, "big"))
+    return b"".join(out)

@@ -16,6 +16,7 @@ import pytest
 from tests import speech
 from tests.audio_files import encode
 from tests.conftest import Exported
+from tests.graphs import failing_graph, store_with_graph
 from tests.server import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
@@ -88,3 +89,56 @@ def test_corrupt_model_never_turns_ready(tiny_bpe: Exported, tmp_path: Path) -> 
         r = post(server.url, timeout=30)
         assert r.status_code == 503 and r.json()["error"] == "not_ready"
         assert f"cannot load model {tiny_bpe.tag}" in server.logs() and "re-export" in server.logs()
+
+
+def test_a_failing_model_run_is_503_unavailable(tiny_bpe: Exported, tmp_path: Path) -> None:
+    """ONNX Runtime raising at run time (as on device memory exhaustion) is a retryable 503 `unavailable`
+    with Retry-After, never a 500; the service stays ready and answers the next request."""
+    home = store_with_graph(tiny_bpe, tmp_path / "home", failing_graph)
+    env = {"ASR_MODEL": tiny_bpe.tag, "BENTOML_HOME": str(home), "ASR_DEVICE": "cpu"}
+    odd = encode(np.full(16001, 0.01, np.float32), 16000)
+    even = encode(np.full(32000, 0.01, np.float32), 16000)
+    with Server(env, tmp_path / "failing.log") as server:
+        r = httpx.post(server.url + "/transcribe", files={"audio": ("a.wav", odd, "audio/wav")}, timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "unavailable" and "could not run" in r.json()["message"]
+        assert r.headers["retry-after"] == "1"
+        r = httpx.post(server.url + "/v1/audio/transcriptions", files={"file": ("a.wav", odd)}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+        assert httpx.post(server.url + "/transcribe", files={"audio": ("a.wav", even)}, timeout=30).status_code == 200
+        assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+        assert "ONNX Runtime failed on 1 segment(s)" in server.logs()
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"ASR_TIMEOUT_S": "0"}, "error: ASR_TIMEOUT_S=0: seconds before 504 must be at least 1"),
+        ({"ASR_MAX_CONCURRENCY": "0"}, "error: ASR_MAX_CONCURRENCY=0: requests in flight must be at least 1"),
+        ({"ASR_SEGMENT_S": "-1"}, "error: ASR_SEGMENT_S=-1.0: must not be negative"),
+        ({"ASR_VARIANT": "int8"}, "has no int8 variant (it has: none)"),
+    ],
+)
+def test_settings_that_cannot_work_stop_the_start(
+    tiny_bpe: Exported, tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    """`bentoml serve` stops at once with one line naming the setting (not BentoML's schema error about its
+    own `traffic.timeout`, and not at the first request)."""
+    import subprocess
+
+    from tests.server import BENTOML, ROOT
+
+    full = {**os.environ, "ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "BENTOML_DO_NOT_TRACK": "True", **env}
+    run = subprocess.run(
+        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", "0"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [x for x in (run.stdout + run.stderr).splitlines() if x.strip()]
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    errors = [x for x in lines if x.startswith("error:")]
+    assert len(errors) == 1 and line in errors[0], lines[-10:]
+    assert "traffic.timeout" not in run.stderr

@@ -57,11 +57,45 @@ def test_quick_start_commands_exist() -> None:
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec bash scripts/test.sh")
 
 
-def test_serve_command_offline_says_what_to_do(tmp_path: Path) -> None:
-    env = {"BENTOML_HOME": str(tmp_path / "empty-store"), "BENTOML_DO_NOT_TRACK": "True", "PATH": "/usr/bin:/bin"}
+def test_serve_command_offline_serves_the_demo_model(tmp_path: Path) -> None:
+    """Offline, with no model asked for: the download fails, the demo model is exported (verified) and served
+    under its own name, the line the README quotes is printed, and /status and /v1/models mark it a demo."""
+    import httpx
+
+    from demo.metrics import cer
+    from demo.speech import speak
+    from demo.text import read_heldout
+
+    quoted = re.search(r"```text\n(serve: the pretrained model .*?)\n```", README, re.S)
+    assert quoted, "the README quotes the offline line"
+    env = {"BENTOML_HOME": str(tmp_path / "empty-store"), "ASR_DEVICE": "cpu"}
+    for key in ("ASR_MODEL", "ASR_MODELS"):
+        env[key] = ""
+    with Server(env, tmp_path / "offline.log", script="scripts/serve.sh") as server:
+        assert quoted.group(1) in server.logs()
+        status = httpx.post(server.url + "/status", json={}, timeout=10).json()
+        listed = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+        sentence = read_heldout()[0]
+        text = httpx.post(
+            server.url + "/transcribe", files={"audio": ("a.wav", encode(speak(sentence), 16000))}, timeout=60
+        ).json()["text"]
+    assert status["model"].startswith("stt_hi_demo_conformer_ctc:") and status["models"][0]["demo"] is True
+    assert listed[0]["id"] == "stt_hi_demo_conformer_ctc" and listed[0]["demo"] is True
+    assert "not a model of human speech" in listed[0]["notice"]
+    assert cer([sentence], [text]) < 0.2
+
+
+def test_serve_command_offline_never_replaces_a_model_asked_for(tmp_path: Path) -> None:
+    env = {
+        "BENTOML_HOME": str(tmp_path / "empty-store"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PATH": "/usr/bin:/bin",
+        "ASR_MODEL": "stt_hi_conformer_ctc_medium:latest",
+    }
     out = subprocess.run(["bash", "scripts/serve.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 1
     assert "--nemo PATH.nemo" in out.stderr and "--config medium" in out.stderr and "Traceback" not in out.stderr
+    assert "DEMO" not in out.stderr and not (tmp_path / "empty-store" / "models" / "stt_hi_demo_conformer_ctc").exists()
 
 
 def test_serve_command_serves_a_stored_model(tiny_bpe: Exported, tmp_path: Path) -> None:
@@ -72,3 +106,23 @@ def test_serve_command_serves_a_stored_model(tiny_bpe: Exported, tmp_path: Path)
         wav = encode(speech.hindi(speech.SENTENCES[0]), 16000)
         r = httpx.post(server.url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")}, timeout=60)
         assert r.status_code == 200 and r.json()["model"] == tiny_bpe.tag
+
+
+def test_error_table_lists_every_code() -> None:
+    """Every error code the service can send (its error classes, the codes given to BentoML's own statuses)
+    is in the README's error table, on the row of its status."""
+    import inspect
+
+    from service import catalog, errors
+
+    table = README[README.index("### Errors") :]
+    table = table[: table.index("\n## ")]
+    rows = [(int(m.group(1)), m.group(2)) for m in re.finditer(r"^\| (\d{3}) \| (.*)$", table, re.M)]
+    sent: set[tuple[int, str]] = {(status, code) for status, code in errors.STATUS_CODES.items()}
+    for module in (errors, catalog):
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, errors.ASRError) and cls is not errors.ASRError:
+                sent.add((int(cls.status), cls.code))
+    sent -= {(404, "not_found"), (405, "method_not_allowed"), (422, "unprocessable"), (500, "internal_error")}
+    missing = sorted(f"{s} {c}" for s, c in sent if f"`{c}`" not in " ".join(v for k, v in rows if k == s))
+    assert missing == [], f"codes missing from the README's error table: {missing}"

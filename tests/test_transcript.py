@@ -56,6 +56,9 @@ def test_stitching_loses_and_doubles_nothing(data: tuple[list[Segment], list[Seg
         assert [w.word for w in span.words] == span.text.split()
     starts = [w.start for w in t.words]
     assert starts == sorted(starts)
+    for span in t.segments:  # a word ends before the next one starts, and inside its segment
+        assert all(a.end <= b.start for a, b in itertools.pairwise(span.words))
+        assert all(span.start <= w.start <= w.end <= span.end + 1e-9 for w in span.words)
     for seg, span in zip(segments, t.segments, strict=True):
         assert span.start == seg.start / RATE
         assert all(span.start - 1e-3 <= w.start <= w.end <= span.end + 1e-3 for w in span.words)
@@ -68,7 +71,7 @@ def test_one_segment_is_exactly_the_decoded_text() -> None:
     )
     t = assemble([Segment(0, np.zeros(12 * 640, np.float32))], [result], DETOK, SHIFT, RATE, 0.48)
     assert t.text == "आप। कैसे"
-    assert [(w.word, w.start, w.end) for w in t.words] == [("आप।", 0.0, 0.16), ("कैसे", 0.2, 0.4)]
+    assert [(w.word, w.start, w.end) for w in t.words] == [("आप।", 0.0, 0.2), ("कैसे", 0.2, 0.44)]
 
 
 @settings(max_examples=100, deadline=None)
