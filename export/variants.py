@@ -49,38 +49,49 @@ def write_variant(kind: str, source: Path, target: Path) -> None:
         if not front_end:
             raise ValueError(f"no {FRONT_END_SCOPE} nodes in the graph: cannot keep the front end in fp32")
         model = convert_float_to_float16(graph, keep_io_types=True, node_block_list=front_end)
-        _undo_input_round_trips(model)
+        _undo_round_trips(model)
         _drop_repeated_nodes(model)
         onnx.save(model, str(target))
     else:
         raise ValueError(f"unknown variant {kind!r}; choose from {', '.join(KINDS)}")
 
 
-def _undo_input_round_trips(model: Any) -> None:
-    """The converter casts each float input to fp16 and, for every fp32 (blocked) node reading it, back to
-    fp32 - under one shared tensor name, which ONNX Runtime refuses - and the front end would see audio
-    rounded to half precision. Here those nodes read the graph input itself, and the casts go."""
+def _undo_round_trips(model: Any) -> None:
+    """The converter keeps blocked (fp32) nodes in fp32 but passes every tensor between them through fp16:
+    fp32 -> Cast(fp16) -> Cast(fp32) -> the next blocked node (the graph's input audio included). So the front
+    end would still round each intermediate to half precision, and its per-feature sums would overflow. Here
+    every such round trip is cut out: the fp32 consumer reads the fp32 tensor itself."""
     import onnx
 
     graph = model.graph
-    inputs = {i.name for i in graph.input}
-    to_half = {  # fp16 copy of a graph input -> the input
-        n.output[0]: n.input[0]
-        for n in graph.node
-        if n.op_type == "Cast" and n.input[0] in inputs and n.attribute[0].i == onnx.TensorProto.FLOAT16
-    }
-    back = {  # fp32 copy of such an fp16 copy -> the original input
-        n.output[0]: to_half[n.input[0]]
-        for n in graph.node
-        if n.op_type == "Cast" and n.input[0] in to_half and n.attribute[0].i == onnx.TensorProto.FLOAT
-    }
+    def to(node: Any) -> int:
+        return int(node.attribute[0].i) if node.op_type == "Cast" else -1
+
+    float32 = onnx.TensorProto.FLOAT
+    fp32 = {v.name for v in [*graph.input, *graph.value_info] if v.type.tensor_type.elem_type == float32}
+    fp32 |= {t.name for t in graph.initializer if t.data_type == float32}
+    fp32 |= {o for n in graph.node if to(n) == float32 for o in n.output}
+    produced_by = {o: n for n in graph.node for o in n.output}
+
+    back: dict[str, str] = {}  # output of Cast(fp32) of a Cast(fp16) of an fp32 tensor -> that fp32 tensor
+    for node in graph.node:
+        if to(node) != onnx.TensorProto.FLOAT:
+            continue
+        half = produced_by.get(node.input[0])
+        if half is not None and to(half) == onnx.TensorProto.FLOAT16:
+            source = half.input[0]
+            source_node = produced_by.get(source)
+            if source in fp32 or (source_node is not None and source_node.op_type != "Cast"):
+                back[node.output[0]] = source
+    for output in graph.output:  # a graph output keeps its name, and so its cast
+        back.pop(output.name, None)
     kept = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in back)]
     for node in kept:
         for i, name in enumerate(node.input):
             if name in back:
                 node.input[i] = back[name]
     used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
-    kept = [n for n in kept if not (n.op_type == "Cast" and n.output[0] in to_half and n.output[0] not in used)]
+    kept = [n for n in kept if any(o in used for o in n.output)]  # the fp16 halves nobody reads now
     del graph.node[:]
     graph.node.extend(kept)
 

@@ -47,11 +47,15 @@ def test_kill_recognizer_under_load(tiny_bpe: Exported, tmp_path: Path) -> None:
 
         killed_at = time.monotonic()
         responses = asyncio.run(load_and_kill())
-        for r in responses:  # in flight: answered, or a clean retryable 503
+        # In flight: answered (a call cut by the kill is tried once more, and BentoML's arbiter keeps the socket
+        # listening while it starts a new worker), or a clean retryable 503 - never a 500.
+        for r in responses:
             assert r.status_code in (200, 503), r.text
             if r.status_code == 503:
                 assert r.json()["error"] == "unavailable" and r.headers["retry-after"] == "1"
-        assert any(r.status_code == 503 for r in responses)
+        codes = [r.status_code for r in responses]
+        print(f"kill -9 under load: {codes.count(200)} x 200, {codes.count(503)} x 503 unavailable")
+        assert all(r.json()["text"] == expected for r in responses if r.status_code == 200)
         while True:
             r = post(server.url, timeout=10)
             if r.status_code == 200:
