@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import io
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,6 +32,13 @@ sys.path.insert(0, str(ROOT))
 from export.verify import speech_like  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
+
+
+def cpu_name() -> str:
+    """The processor and whether it has AVX-512 VNNI (figures from different CPUs do not compare)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    return f"{name}{' with AVX-512 VNNI' if 'avx512_vnni' in info else ''}"
 from tests.test_under_load import segment_counts  # noqa: E402
 
 
@@ -134,7 +140,7 @@ def main() -> None:
     not_ok = sum(1 for s, _ in probes if s != 200)
     lat = sorted(d for _, d in probes)
     lines = [
-        f"# Under load ({time.strftime('%Y-%m-%d')}, `{tag}`, {platform.processor() or 'CPU'}, {os.cpu_count()} cores)",
+        f"# Under load ({time.strftime('%Y-%m-%d')}, `{tag}`, {cpu_name()}, {os.cpu_count()} cores)",
         "",
         f"Readiness: 16 clients posting 30-s clips for {args.seconds:g} s, `/readyz` every 0.2 s.",
         "",
@@ -152,7 +158,8 @@ def main() -> None:
         "| figure | value |",
         "|---|---|",
         f"| segments of the abandoned requests | {gone['segments']:.0f} |",
-        f"| run before the hang-up / after it (the batch running) | {gone['run_before']:.0f} / {gone['run_after']:.0f} |",
+        f"| run before the hang-up / after it (the batch running) | {gone['run_before']:.0f} / "
+        f"{gone['run_after']:.0f} |",
         f"| dropped from the queue unrun | {gone['dropped']:.0f} |",
         f"| never sent | {gone['segments'] - gone['run_before'] - gone['run_after'] - gone['dropped']:.0f} |",
         f"| 10-s request: idle / 5 s after the hang-up | {gone['idle_s'] * 1e3:.0f} / {gone['after_s'] * 1e3:.0f} ms "

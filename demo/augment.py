@@ -48,7 +48,7 @@ def hum(n: int, rng: np.random.Generator, rate: int = RATE) -> Audio:
     f0 = rng.choice([50.0, 60.0])
     out = sum(np.sin(2 * np.pi * f0 * h * k / rate + rng.uniform(0, 6)) / h for h in range(1, 8))
     out = out + 0.1 * rng.standard_normal(n)
-    return (out / (np.std(out) + 1e-12)).astype(np.float32)
+    return np.asarray(out / (np.std(out) + 1e-12), dtype=np.float32)
 
 
 def babble(n: int, rng: np.random.Generator, voices: Sequence[Audio]) -> Audio:
@@ -113,11 +113,11 @@ def reverb(audio: Audio, rng: np.random.Generator, rate: int = RATE) -> Audio:
     ir[0] = 0.0
     ir *= rng.uniform(0.1, 0.4) / (np.sqrt(np.sum(ir**2)) + 1e-9)
     ir[0] = 1.0
-    return signal.fftconvolve(audio, ir)[: audio.size].astype(np.float32)
+    return np.asarray(signal.fftconvolve(audio, ir)[: audio.size], dtype=np.float32)
 
 
 def gain(audio: Audio, db: float) -> Audio:
-    return np.clip(audio * 10 ** (db / 20), -1.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(audio * 10 ** (db / 20), -1.0, 1.0), dtype=np.float32)
 
 
 def augment(audio: Audio, rng: np.random.Generator, voices: Sequence[Audio] = ()) -> Audio:
@@ -143,4 +143,4 @@ def non_speech(seconds: float, rng: np.random.Generator, voices: Sequence[Audio]
         return np.zeros(n, np.float32)
     kind = ("white", "pink", "brown", "tones", "hum")[int(rng.integers(5))]
     level = 10 ** (rng.uniform(-60.0, -15.0) / 20)
-    return np.clip(noise(kind, n, rng, voices) * level, -1, 1).astype(np.float32)
+    return np.asarray(np.clip(noise(kind, n, rng, voices) * level, -1, 1), dtype=np.float32)

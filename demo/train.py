@@ -72,7 +72,7 @@ def _synthesize(job: tuple[int, str, int]) -> npt.NDArray[np.int16]:
         audio = trim(speak(text, voice))
     lead, tail = (np.zeros(int(rng.uniform(0.05, 0.5) * RATE), np.float32) for _ in range(2))
     audio = np.concatenate([lead, audio, tail])
-    return np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    return np.asarray(np.round(np.clip(audio, -1, 1) * 32767), dtype=np.int16)
 
 
 @dataclass
@@ -162,7 +162,8 @@ class Batches:
 
         members = self.batches[self.order[k]]
         rng = np.random.default_rng([self.seed, self.epoch, k])
-        audios, targets = [], []
+        audios: list[npt.NDArray[np.float32]] = []
+        targets: list[list[int]] = []
         for i in members:
             if rng.random() < 0.04:  # nothing to say: the model must learn to write nothing
                 audios.append(aug.non_speech(self.corpus.seconds()[i], rng, self.voices))
@@ -282,7 +283,7 @@ def train(args: argparse.Namespace) -> Path:
         dataset.set_epoch(epoch)
         skip = step - sum(len(batches) for _ in range(epoch)) if args.resume else 0
         indices = list(range(max(0, skip), len(dataset)))
-        loader = DataLoader(
+        loader: Any = DataLoader(
             torch.utils.data.Subset(dataset, indices),  # type: ignore[arg-type]
             batch_size=None,
             num_workers=1,
@@ -359,7 +360,7 @@ def train(args: argparse.Namespace) -> Path:
     }
     (workdir / "training.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     log(f"saved {args.out} ({summary['checkpoint_mb']} MB) after {summary['minutes']} min")
-    return args.out
+    return Path(args.out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

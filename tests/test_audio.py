@@ -148,3 +148,20 @@ def test_mutated_files_only_raise_client_errors(noise: bytes, cut: int) -> None:
     for data in (valid[:cut] + noise, valid[:44] + noise, noise):
         with contextlib.suppress(BadRequest, UnsupportedFormat, AudioTooLong, AudioTooShort):
             decode(data, RATE, Limits(max_duration_s=60))
+
+
+def test_decoding_stops_at_the_next_block_when_nobody_waits() -> None:
+    """The entry sets the stop flag when its request is cancelled (client gone, timeout): decoding ends at the
+    next block instead of running to the end of a long file."""
+    from service.audio import BLOCK_FRAMES, Abandoned
+    from tests.audio_files import silent_flac
+
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 3  # three blocks, then the caller is gone
+
+    with pytest.raises(Abandoned):
+        decode(silent_flac(48_000, 2, 4096 * 2000 / 48_000), RATE, Limits(), stop)
+    assert len(asked) == 4 and BLOCK_FRAMES * 100 < 2000 * 4096  # a file of 125 blocks, 3 decoded
