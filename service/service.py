@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,13 @@ from typing import Any
 import aiohttp
 import bentoml
 import numpy as np
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from service import patches
 from service.catalog import ServedModel
 from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
 from service.formats import ResponseFormat, media_type, render
-from service.http import AbandonedCallLog, CancelOnDisconnect, FormRoute, RequestGuard
+from service.http import BENTOML_INTERNAL, AbandonedCallLog, CancelOnDisconnect, FormRoute, RequestGuard
 from service.openai_api import OPENAI_FIELDS, openai_app
 from service.recognizer import Recognizer as Engine
 from service.recognizer import SegmentResult
@@ -191,6 +192,16 @@ Recognizer.add_asgi_middleware(CancelOnDisconnect)  # type: ignore[attr-defined]
 logging.getLogger("bentoml._internal.server.http_app").addFilter(AbandonedCallLog())
 
 
+def _agent(ctx: Any) -> str:
+    """BentoML's SyncHTTPClient, AsyncHTTPClient and `bentoml.depends(url=...)` proxies say who they are."""
+    return str(ctx.request.headers.get("user-agent", "")) if ctx is not None else ""
+
+
+def _media(ctx: Any) -> str:
+    """A parent service that depends on this one by import sends its arguments pickled."""
+    return str(ctx.request.headers.get("content-type", "")) if ctx is not None else ""
+
+
 class Transcriber:
     recognizer = bentoml.depends(Recognizer)
 
@@ -241,7 +252,8 @@ class Transcriber:
         response_format: ResponseFormat = "json",
         model: str = "",
         language: str = "",
-    ) -> Transcription:
+        ctx: bentoml.Context = None,  # type: ignore[assignment]  # BentoML passes it; not a form field
+    ) -> Transcription | str:
         """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, any rate and
         channel count. `timestamps=true` adds words with start/end seconds and confidence.
         `response_format`: json (this schema), text, srt or vtt. `model` (a served name) and/or `language`
@@ -252,12 +264,20 @@ class Transcriber:
             served = self.catalog.select(model, language)
             transcript = await self.run(await anyio.Path(audio).read_bytes(), served)
         except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
+            ctx.response.status_code = int(exc.status)  # with a ctx parameter, BentoML sets the status from it
             return JSONResponse(exc.body(), status_code=int(exc.status))  # type: ignore[return-value]
         if response_format != "json":
             text = render(transcript, response_format)
+            # BentoML's clients and proxies decode every answer as the API's declared type (JSON, or a pickle for
+            # a parent service that depends on this one by import), never as plain text (a text body raised
+            # JSONDecodeError); BentoML itself would send a str raw. They get the str in their own encoding.
+            if _media(ctx).startswith(BENTOML_INTERNAL):
+                return Response(pickle.dumps(text), media_type=BENTOML_INTERNAL)  # type: ignore[return-value]
+            if _agent(ctx).startswith("BentoML HTTP Client/"):
+                return JSONResponse(text)  # type: ignore[return-value]
             return PlainTextResponse(text, media_type=media_type(response_format))  # type: ignore[return-value]
         words = [Word(**vars(w)) for w in transcript.words] if timestamps else None
-        return Transcription(
+        result = Transcription(
             text=transcript.text,
             duration_s=round(transcript.duration_s, 3),
             model=served.tag,
@@ -265,6 +285,10 @@ class Transcriber:
             segments=[SegmentSpan(start=s.start, end=s.end, text=s.text) for s in transcript.segments],
             words=words,
         )
+        if _media(ctx).startswith(BENTOML_INTERNAL):
+            return result  # BentoML pickles it for the parent service
+        # BentoML's JSON for a union-typed answer escapes every non-ASCII character (json.dumps): UTF-8 here
+        return JSONResponse(result.model_dump(mode="json"))  # type: ignore[return-value]
 
     @bentoml.api
     async def status(self) -> dict[str, Any]:

@@ -82,6 +82,25 @@ def tiny_fast(export_root: Path) -> Exported:
     return export_config("tiny_fastconformer", export_root)
 
 
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "demo" / "stt_hi_demo_conformer_ctc.nemo"
+
+
+@pytest.fixture(scope="session")
+def demo(export_root: Path) -> Exported:
+    """The demo model (demo/: trained here on synthetic speech, it hears) through the normal export."""
+    if "demo" not in _cache:
+        from export.__main__ import quiet_nemo
+        from export.pipeline import Options, run
+        from export.sources import from_nemo
+
+        quiet_nemo()
+        loaded = from_nemo(DEMO_CHECKPOINT, None)
+        manifest, tag, directory = run(loaded, Options(name="stt_hi_demo_conformer_ctc", workdir=export_root / "demo"))
+        assert tag is not None
+        _cache["demo"] = Exported("demo", loaded.model, manifest, tag, directory)
+    return _cache["demo"]
+
+
 @pytest.fixture(scope="session", params=["tiny", "tiny_char", "tiny_fastconformer"])
 def any_model(request: pytest.FixtureRequest, export_root: Path) -> Iterator[Exported]:
     yield export_config(request.param, export_root)

@@ -20,6 +20,7 @@ from demo.speech import RATE, Span, speak, spoken_words
 from demo.text import read_heldout
 from tests import speech
 from tests.audio_files import ENCODINGS, encode
+from tests.conftest import Exported
 from tests.server import Server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,16 +41,11 @@ def wav(audio: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def demo_tag(export_root: Path) -> str:
-    from export.__main__ import quiet_nemo
-    from export.pipeline import Options, run
-    from export.sources import from_nemo
-
-    quiet_nemo()
-    manifest, tag, _ = run(from_nemo(CHECKPOINT, None), Options(name="stt_hi_demo_conformer_ctc"))
-    assert tag is not None and manifest.demo_notice and manifest.tokenizer.kind == "characters"
+def demo_tag(demo: Exported) -> str:
+    manifest = demo.manifest
+    assert manifest.demo_notice and manifest.tokenizer.kind == "characters"
     assert manifest.parity.identical_tokens == manifest.parity.clips
-    return tag
+    return demo.tag
 
 
 @pytest.fixture(scope="module")
