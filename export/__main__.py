@@ -67,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     from export.frontend import UnsupportedFrontEnd
     from export.pipeline import Options, progress, run
     from export.sources import SourceError, from_config, from_nemo, from_pretrained
+    from export.store import StoreNameError, checked_name
     from export.variants import KINDS
     from export.verify import ParityError
 
+    if args.name:
+        try:
+            checked_name(args.name, given=True)  # refused before anything is loaded
+        except StoreNameError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in KINDS]
     if unknown:
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             register=not args.no_register,
         )
         _manifest, tag, out_dir = run(loaded, options)
-    except (SourceError, ParityError, UnsupportedModel, UnsupportedFrontEnd) as exc:
+    except (SourceError, ParityError, UnsupportedModel, UnsupportedFrontEnd, StoreNameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(tag if tag else str(out_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -118,14 +119,34 @@ def build_manifest(
 
 
 def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Path]:
-    """Export, verify and (unless told not to) register. Returns the manifest, store tag and output dir."""
+    """Export, verify and (unless told not to) register. Returns the manifest, the store tag and the directory
+    the files were written to (gone when it was a temporary one and they were registered)."""
+    from export.store import checked_name
+
+    name = checked_name(options.name or loaded.name, given=bool(options.name))
+    out_dir = options.workdir or Path(tempfile.mkdtemp(prefix="asr-artifact-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A temporary artifact directory goes once its files are in the store, or when the export fails; a
+    # directory the caller named (--output), or the only copy (--no-register), stays.
+    temporary = options.workdir is None
+    try:
+        return _run(loaded, options, name, out_dir, temporary)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        for path in loaded.scratch:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _run(
+    loaded: LoadedModel, options: Options, name: str, out_dir: Path, temporary: bool
+) -> tuple[Manifest, str | None, Path]:
     from export.variants import make_variant
 
     model = loaded.model
-    name = options.name or loaded.name
     sample_rate = int(model.preprocessor.featurizer.sample_rate)
-    out_dir = options.workdir or Path(tempfile.mkdtemp(prefix="asr-artifact-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     check_exportable(model)  # before anything is traced: one clear error for what we cannot reproduce
     if options.max_segment_s:
@@ -168,5 +189,7 @@ def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Pa
 
         progress("registering in the BentoML model store")
         tag = register(name, out_dir, manifest)
+        if temporary:
+            shutil.rmtree(out_dir, ignore_errors=True)
     progress(f"done in {time.monotonic() - started:.1f} s")
     return manifest, tag, out_dir

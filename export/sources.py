@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class LoadedModel:
     name: str  # default store name
     language: str
     source: dict[str, str]  # how it was obtained, for the manifest
+    scratch: tuple[Path, ...] = ()  # temporary directories made for it, removed when the export ends
 
 
 def _sha256(path: Path) -> str:
@@ -132,14 +134,26 @@ def _seed(seed: int) -> None:
 
 def from_config(name_or_path: str, language: str | None, workdir: Path | None = None) -> LoadedModel:
     """Build a model with random (seeded) weights; its tokenizer is trained on the shipped Hindi corpus."""
+
+    path = resolve_config(name_or_path)
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    scratch: tuple[Path, ...] = () if workdir else (Path(tempfile.mkdtemp(prefix="asr-export-")),)
+    try:
+        return _build(path, spec, language, workdir or scratch[0], scratch)
+    except BaseException:
+        for directory in scratch:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _build(
+    path: Path, spec: dict[str, Any], language: str | None, workdir: Path, scratch: tuple[Path, ...]
+) -> LoadedModel:
     import torch
     from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
     from omegaconf import OmegaConf
 
-    path = resolve_config(name_or_path)
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     build, cfg = spec["build"], copy.deepcopy(spec["model"])
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="asr-export-"))
     _seed(int(build.get("seed", 0)))
 
     if build["model_class"] == "EncDecCTCModelBPE":
@@ -179,4 +193,4 @@ def from_config(name_or_path: str, language: str | None, workdir: Path | None = 
                 p.mul_(scale)
     lang = language or str(build.get("language", "und"))
     source = {"kind": "config", "config": path.name, "seed": str(build.get("seed", 0))}
-    return LoadedModel(model.eval(), str(build["name"]), lang, source)
+    return LoadedModel(model.eval(), str(build["name"]), lang, source, scratch)

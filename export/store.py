@@ -9,10 +9,34 @@ from pathlib import Path
 from service.manifest import Manifest
 
 
+class StoreNameError(ValueError):
+    """A store name the user gave that BentoML cannot take as it is."""
+
+
+VALID = re.compile(r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$")
+
+
 def store_name(name: str) -> str:
     """BentoML tag names: lowercase letters, digits, '-', '_' and '.', starting with a letter or digit."""
     cleaned = re.sub(r"[^a-z0-9_.-]+", "_", name.lower()).strip("_.-")
     return cleaned or "asr_model"
+
+
+def checked_name(name: str, given: bool) -> str:
+    """The store name to use: one the user gave must be valid as it is (refused otherwise, with a valid
+    suggestion); one derived from a file name or config is made valid, and the change is said."""
+    if VALID.match(name):
+        return name
+    valid = store_name(name)
+    if given:
+        raise StoreNameError(
+            f"--name {name!r} is not a valid store name (lowercase letters, digits, '-', '_' and '.', starting and "
+            f"ending with a letter or digit); for example --name {valid}"
+        )
+    from export.pipeline import progress
+
+    progress(f"the model's name {name!r} is not a valid store name: registering it as {valid!r} (--name sets it)")
+    return valid
 
 
 def headline(manifest: Manifest) -> tuple[dict[str, str], dict[str, object]]:
@@ -49,7 +73,7 @@ def register(name: str, directory: Path, manifest: Manifest) -> str:
 
     labels, metadata = headline(manifest)
     files = [manifest.graph.file, *(v.file for v in manifest.variants.values())]
-    with bentoml.models.create(store_name(name), labels=labels, metadata=metadata) as entry:
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
         target = Path(entry.path)
         for file in files:
             shutil.copy2(directory / file, target / file)

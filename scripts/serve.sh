@@ -38,11 +38,13 @@ for model in "${models[@]}"; do
     unset ASR_MODELS
     break
   fi
+  name=${model%%:*}
+  language=$(echo "$name" | sed -n 's/^stt_\([a-z][a-z]\)_.*/ --language \1/p')  # NeMo's names say it: stt_en_...
   cat >&2 <<MSG
 serve: the pretrained model could not be downloaded. Serve something else instead:
-  a local .nemo file:       .venv/bin/python -m export --nemo PATH.nemo --name ${model%%:*}
+  a local .nemo file:       .venv/bin/python -m export --nemo PATH.nemo --name $name$language
   the demo model (offline): unset ASR_MODEL and ASR_MODELS and run this command again
-  random weights:           .venv/bin/python -m export --config medium --name ${model%%:*}
+  random weights:           .venv/bin/python -m export --config medium --name $name$language
 then run this command again.
 MSG
   exit 1

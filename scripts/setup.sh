@@ -18,8 +18,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
+# Nothing to do when the environment was made from these very files (the stamp is a hash of them): a start of
+# scripts/serve.sh then costs no time and prints nothing.
+stamp=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ "$(cat .venv/.setup-stamp 2>/dev/null)" = "$stamp" ]; then
+  exit 0
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# setuptools' deprecation notices while it builds the editable install are for setuptools' maintainers
+export PYTHONWARNINGS=ignore
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[export,test]"
+echo "$stamp" > .venv/.setup-stamp
 echo "setup: ready (.venv)" >&2

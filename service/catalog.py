@@ -30,11 +30,12 @@ class ServedModel:
     method: str  # the recognizer API that batches this model's segments (one queue per model)
     segment_samples: int  # longest piece of audio sent to the model at once
     detok: Detokenizer
+    created: int = 0  # when the store entry was made, in Unix seconds (OpenAI's `created`)
 
     @classmethod
-    def build(cls, tag: str, manifest: Manifest, method: str, segment_s: float) -> ServedModel:
+    def build(cls, tag: str, manifest: Manifest, method: str, segment_s: float, created: int = 0) -> ServedModel:
         detok = Detokenizer(manifest.vocabulary, manifest.tokenizer)
-        return cls(tag.split(":")[0], tag, manifest, method, segment_samples(manifest, segment_s), detok)
+        return cls(tag.split(":")[0], tag, manifest, method, segment_samples(manifest, segment_s), detok, created)
 
     @property
     def language(self) -> str:
@@ -47,6 +48,7 @@ class ServedModel:
             "tag": self.tag,
             "language": m.language,
             "sample_rate": m.sample_rate,
+            "created": self.created,
         }
         if m.demo_notice:  # a demonstration model says so wherever models are listed
             described.update(demo=True, notice=m.demo_notice)
@@ -75,6 +77,11 @@ class Catalog:
     def default(self) -> ServedModel:
         return self.models[0]
 
+    def find(self, name: str) -> ServedModel | None:
+        """The model a name, `name:latest` or full tag means, if served."""
+        name = name.strip().removesuffix(":latest")
+        return next((m for m in self.models if name in (m.name, m.tag)), None)
+
     def names(self) -> list[str]:
         return [m.name for m in self.models]
 
@@ -84,19 +91,20 @@ class Catalog:
         what is."""
         model, language = model.strip().removesuffix(":latest"), language.strip().lower()
         if model:
-            chosen = next((m for m in self.models if model in (m.name, m.tag)), None)
+            chosen = self.find(model)
             if chosen is None:
-                raise UnknownModel(f"unknown model {model!r}; served: {', '.join(self.names())}")
+                raise UnknownModel(f"unknown model {model!r}; served: {', '.join(self.names())}", "model")
             if language and language != chosen.language:
                 raise UnknownLanguage(
                     f"model {chosen.name!r} transcribes {chosen.language!r}, not {language!r}; "
-                    f"served: {self._listing()}"
+                    f"served: {self._listing()}",
+                    "language",
                 )
             return chosen
         if language:
             chosen = next((m for m in self.models if m.language == language), None)
             if chosen is None:
-                raise UnknownLanguage(f"language {language!r} is not served; served: {self._listing()}")
+                raise UnknownLanguage(f"language {language!r} is not served; served: {self._listing()}", "language")
             return chosen
         return self.default
 

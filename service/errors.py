@@ -11,9 +11,10 @@ class ASRError(Exception):
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param  # the request field at fault, when one is (OpenAI's error objects name it)
 
     def body(self) -> dict[str, str]:
         return {"error": self.code, "message": self.message}

@@ -35,6 +35,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 BENTOML_INTERNAL = "application/vnd.bentoml+pickle"
 
 
+@dataclass
+class Readiness:
+    """Why the entry last found the service not ready (it updates this; /readyz answers with it)."""
+
+    reason: str = "the service is starting"
+    permanent: bool = False  # True when the cause cannot clear by itself (no Retry-After then)
+
+
+READINESS = Readiness()
+
+
 @dataclass(frozen=True)
 class FormRoute:
     file_field: str  # the one file field
@@ -43,10 +54,10 @@ class FormRoute:
     allow_unknown: bool = False  # ignore fields not in `fields` (OpenAI clients may send newer options)
 
 
-def error_body(style: str, status: int, code: str, message: str) -> dict[str, Any]:
+def error_body(style: str, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
     if style == "openai":
         kind = "invalid_request_error" if status < 500 else "server_error"
-        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return {"error": code, "message": message}
 
 
@@ -93,7 +104,7 @@ class RequestGuard:
             return
         route = self.routes.get(scope["path"])
         style = route.style if route else "asr"
-        send = self._shaping(send, style)
+        send = self._shaping(send, style, readiness=scope["path"] == "/readyz")
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -144,9 +155,9 @@ class RequestGuard:
             # itself refuses that media type when this is the main (public) server
             await run_watching(self.app, scope, receive, send, payload)
             return
-        problem, rebuilt = await check_form(scope, payload, headers.get("content-type", ""), route)
+        problem, param, rebuilt = await check_form(scope, payload, headers.get("content-type", ""), route)
         if problem:
-            await send_json(send, 400, error_body(route.style, 400, "bad_request", problem))
+            await send_json(send, 400, error_body(route.style, 400, "bad_request", problem, param))
             return
         if rebuilt is not None:  # the same form with a safe file name (see check_form)
             payload, content_type = rebuilt
@@ -161,7 +172,7 @@ class RequestGuard:
         body = error_body(style, 413, "upload_too_large", f"the upload is larger than {limit_mb:g} MB")
         await send_json(send, 413, body, {"connection": "close"})
 
-    def _shaping(self, send: Send, style: str) -> Send:
+    def _shaping(self, send: Send, style: str, readiness: bool = False) -> Send:
         state: dict[str, Any] = {}
 
         async def shaped(message: Message) -> None:
@@ -176,9 +187,16 @@ class RequestGuard:
                 return
             start, raw = state.pop("start"), bytes(state.pop("body"))
             status = start["status"]
+            if readiness and status == 503:  # BentoML's "returns False": say why, as /status does
+                retry = {} if READINESS.permanent else {"retry-after": "1"}
+                reason = READINESS.reason or "the recognizer is not ready yet"
+                await send_json(send, 503, {"error": "not_ready", "message": reason}, retry)
+                return
             body = reshape_error(status, raw, style)
-            if body is None:  # already our shape: only make sure a 503 says when to retry
-                if status == 503 and not any(k.lower() == b"retry-after" for k, _ in start.get("headers", [])):
+            if body is None:  # already our shape: only make sure a 503 says when to retry (if waiting can help)
+                permanent = READINESS.permanent and b'"not_ready"' in raw
+                has = any(k.lower() == b"retry-after" for k, _ in start.get("headers", []))
+                if status == 503 and not has and not permanent:
                     start = {**start, "headers": [*start.get("headers", []), (b"retry-after", b"1")]}
                 await send(start)
                 await send({"type": "http.response.body", "body": raw})
@@ -278,8 +296,9 @@ def _safe_filename(name: str) -> bool:
 
 async def check_form(
     scope: Scope, body: bytes, content_type: str, route: FormRoute
-) -> tuple[str, tuple[bytes, str] | None]:
-    """('', None) when the form is acceptable as it is; (problem, None) for a 400; ('', (body, content type))
+) -> tuple[str, str | None, tuple[bytes, str] | None]:
+    """('', None, None) when the form is acceptable as it is; (problem, field at fault or None, None) for a 400;
+    ('', None, (body, content type))
     when it is acceptable once re-encoded with a safe file name (over-long names or control characters would
     make BentoML's temp file fail with a 500)."""
     from starlette.datastructures import UploadFile
@@ -288,25 +307,26 @@ async def check_form(
     fields = ", ".join(sorted(route.fields))
     if not content_type.lower().startswith("multipart/form-data"):
         problem = f"send multipart/form-data with the audio file in the field '{route.file_field}' (fields: {fields})"
-        return problem, None
+        return problem, None, None
     request = Request(scope, _once(body))
     try:
         form = await request.form(max_files=4, max_fields=32)
     except Exception:
-        return "the multipart body could not be parsed (are a part's headers or file name too long?)", None
+        return "the multipart body could not be parsed (are a part's headers or file name too long?)", None, None
     try:
         unknown = sorted(set(form.keys()) - route.fields)
         if unknown and not route.allow_unknown:
-            return f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}", None
+            return f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}", unknown[0], None
         values = form.getlist(route.file_field)
         if len(values) != 1:
-            return f"exactly one file is expected in the field '{route.file_field}'", None
+            return f"exactly one file is expected in the field '{route.file_field}'", route.file_field, None
         upload = values[0]
         if not isinstance(upload, UploadFile):
-            return f"the field '{route.file_field}' must be an uploaded file (URLs are not fetched)", None
+            problem = f"the field '{route.file_field}' must be an uploaded file (URLs are not fetched)"
+            return problem, route.file_field, None
         if _safe_filename(upload.filename or ""):
-            return "", None
-        return "", await _encode_form(form, route.file_field, upload)
+            return "", None, None
+        return "", None, await _encode_form(form, route.file_field, upload)
     finally:
         await form.close()
 

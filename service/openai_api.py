@@ -65,14 +65,14 @@ async def transcriptions(request: Request) -> Response:
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
-                raise BadRequest("the field 'file' must be an uploaded audio file")
+                raise BadRequest("the field 'file' must be an uploaded audio file", "file")
             options = _options(form, service)
             data = await upload.read()
         finally:
             await form.close()
         transcript = await service.run(data, options["model"])
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
-        return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message), int(exc.status))
+        return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message, exc.param), int(exc.status))
     fmt = options["response_format"]
     if fmt == "json":
         return JSONResponse({"text": transcript.text})
@@ -88,29 +88,41 @@ def _options(form: Any, service: Any) -> dict[str, Any]:
     chosen = service.catalog.select(str(form.get("model") or ""), str(form.get("language") or ""))
     fmt = str(form.get("response_format") or "json")
     if fmt not in FORMATS:
-        raise BadRequest(f"response_format must be one of {', '.join(FORMATS)}")
+        raise BadRequest(f"response_format must be one of {', '.join(FORMATS)}", "response_format")
     grains = [str(g) for g in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")]
     if any(g not in GRANULARITIES for g in grains):
-        raise BadRequest(f"timestamp_granularities[] takes {' and '.join(GRANULARITIES)}")
+        raise BadRequest(f"timestamp_granularities[] takes {' and '.join(GRANULARITIES)}", "timestamp_granularities[]")
     temperature = form.get("temperature")
     if temperature not in (None, ""):
         try:
             float(str(temperature))  # accepted and ignored: decoding is greedy
         except ValueError:
-            raise BadRequest("temperature must be a number") from None
+            raise BadRequest("temperature must be a number", "temperature") from None
     return {"response_format": fmt, "granularities": grains, "model": chosen}
 
 
+def _model_object(m: Any) -> dict[str, Any]:
+    return {"id": m.name, "object": "model", "owned_by": "local", **m.describe()}
+
+
 async def models(request: Request) -> Response:
-    entries = [
-        {"id": m.name, "object": "model", "owned_by": "local", **m.describe()} for m in _service().catalog.models
-    ]
-    return JSONResponse({"object": "list", "data": entries})
+    return JSONResponse({"object": "list", "data": [_model_object(m) for m in _service().catalog.models]})
+
+
+async def model(request: Request) -> Response:
+    """GET /v1/models/{id}: one served model (its name, `name:latest` or full tag), or OpenAI's 404."""
+    name = request.path_params["model_id"]
+    found = _service().catalog.find(name)
+    if found is None:
+        message = f"the model {name!r} does not exist; served: {', '.join(_service().catalog.names())}"
+        return JSONResponse(error_body("openai", 404, "model_not_found", message, "model"), 404)
+    return JSONResponse(_model_object(found))
 
 
 openai_app = Starlette(
     routes=[
         Route("/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/models", models, methods=["GET"]),
+        Route("/models/{model_id:path}", model, methods=["GET"]),
     ]
 )

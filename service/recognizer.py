@@ -65,10 +65,29 @@ def length_buckets(lengths: Sequence[int], max_padding: float = 0.25) -> list[li
     return groups
 
 
-def choose_providers(device: str, available: Sequence[str]) -> list[str]:
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA GPU this process can use: the driver's device nodes and its CUDA library (a container started
+    with GPUs has both). onnxruntime-gpu lists the CUDA provider as available on any host, and trying it on
+    one without a GPU prints a screenful of library errors at every start."""
+    import ctypes
+    import glob
+
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(device: str, available: Sequence[str], gpu: bool | None = None) -> list[str]:
+    """cpu: CPU. cuda: CUDA first, always (not ready without it). auto: CUDA when there is a GPU to use it."""
     if device == "cpu":
         return [CPU]
-    if device == "cuda" or CUDA in available:
+    if device == "cuda":
+        return [CUDA, CPU]
+    if CUDA in available and (nvidia_gpu_present() if gpu is None else gpu):
         return [CUDA, CPU]
     return [CPU]
 
@@ -77,7 +96,8 @@ class Recognizer:
     def __init__(self, model_dir: Path, manifest: Manifest, device: str = "auto", threads: int = 0, variant: str = ""):
         import onnxruntime as ort
 
-        if device != "cpu" and hasattr(ort, "preload_dlls"):
+        requested = choose_providers(device, ort.get_available_providers())
+        if CUDA in requested and hasattr(ort, "preload_dlls"):
             try:  # CUDA and cuDNN from the nvidia-* wheels, when installed ([cuda,cudnn] extras)
                 ort.preload_dlls()
             except Exception as exc:  # no CUDA libraries here: CPU it is, unless the GPU is demanded
@@ -88,7 +108,6 @@ class Recognizer:
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
-        requested = choose_providers(device, ort.get_available_providers())
         self.session = ort.InferenceSession(str(model_dir / file), options, providers=requested)
         self.providers: list[str] = list(self.session.get_providers())
         self.not_ready_reason = ""

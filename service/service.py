@@ -24,7 +24,14 @@ from service import patches
 from service.catalog import ServedModel
 from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
 from service.formats import ResponseFormat, media_type, render
-from service.http import BENTOML_INTERNAL, AbandonedCallLog, CancelOnDisconnect, FormRoute, RequestGuard
+from service.http import (
+    BENTOML_INTERNAL,
+    READINESS,
+    AbandonedCallLog,
+    CancelOnDisconnect,
+    FormRoute,
+    RequestGuard,
+)
 from service.openai_api import OPENAI_FIELDS, openai_app
 from service.recognizer import Recognizer as Engine
 from service.recognizer import SegmentResult
@@ -163,6 +170,8 @@ class Recognizer:
         return {
             "ready": self._ready(),
             "reason": next((e.not_ready_reason for e in self.engines if e.not_ready_reason), ""),
+            # a model loaded without the device it was told to demand will not get it by waiting
+            "permanent": not self._ready(),
             "providers": self.engines[0].providers,
             "models": [
                 {"providers": e.providers, "graph": e.graph_file, "variant": SETTINGS.variant or "fp32"}
@@ -192,6 +201,12 @@ Recognizer.add_asgi_middleware(CancelOnDisconnect)  # type: ignore[attr-defined]
 logging.getLogger("bentoml._internal.server.http_app").addFilter(AbandonedCallLog())
 
 
+def _created(entry: Any) -> int:
+    """The store entry's creation time in Unix seconds (0 when the store does not say)."""
+    when = getattr(getattr(entry, "info", None), "creation_time", None)
+    return int(when.timestamp()) if when is not None else 0
+
+
 def _agent(ctx: Any) -> str:
     """BentoML's SyncHTTPClient, AsyncHTTPClient and `bentoml.depends(url=...)` proxies say who they are."""
     return str(ctx.request.headers.get("user-agent", "")) if ctx is not None else ""
@@ -212,7 +227,9 @@ class Transcriber:
 
         self.catalog = Catalog(
             [
-                ServedModel.build(str(m.tag), Manifest.read(Path(m.path)), _method(i), SETTINGS.segment_s)
+                ServedModel.build(
+                    str(m.tag), Manifest.read(Path(m.path)), _method(i), SETTINGS.segment_s, _created(m)
+                )
                 for i, m in enumerate(_store_entries(self))
             ]
         )
@@ -242,6 +259,7 @@ class Transcriber:
             status = {"ready": False, "reason": reason, "providers": [], "models": []}
         if status["ready"] is True:
             self._recognizer_ready = True
+        READINESS.reason, READINESS.permanent = status["reason"], bool(status.get("permanent"))
         return status
 
     @bentoml.api

@@ -93,10 +93,16 @@ def assemble(
     rate: int,
     duration_s: float,
 ) -> Transcript:
-    """One segment: the text is exactly NeMo's. Several: each segment's text, stripped, joined by spaces."""
+    """One segment: the text is exactly NeMo's. Several: each segment's text, stripped, joined by spaces.
+    Every time is in milliseconds' precision and within one duration: the audio's as sent, rounded to the ms
+    (resampling can make the model-rate length differ from it in the sixth decimal)."""
+    duration_s = round(duration_s, 3)
     parts = []
     for seg, res in zip(segments, results, strict=True):
-        start, end = seg.start / rate, (seg.start + seg.samples.shape[0]) / rate
+        start = min(duration_s, round(seg.start / rate, 3))
+        end = min(duration_s, round((seg.start + seg.samples.shape[0]) / rate, 3))
+        if seg is segments[-1]:
+            end = duration_s
         logs = [math.log(max(p, 1e-12)) for p in res.probability]
         parts.append(
             SegmentText(

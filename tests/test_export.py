@@ -257,3 +257,38 @@ def test_max_segment_follows_the_attention_kind(tiny_char: Exported, tmp_path: P
     clip = Clip("max", speech.noise(manifest.max_segment_samples / 16000, 5))
     report, problems = parity(exported, [clip])
     assert problems == [] and report.identical_tokens == 1
+
+
+def test_store_names_are_never_changed_silently(
+    tiny_char: Exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --name BentoML cannot take is refused with a valid suggestion, before anything is loaded; a name
+    derived from a file is made valid, and the export says so."""
+    from export.__main__ import main
+
+    assert main(["--config", "tiny_char", "--name", "Bad Name!"]) == 2
+    assert "error: --name 'Bad Name!' is not a valid store name" in capsys.readouterr().err
+    nemo = tmp_path / "My Model.nemo"
+    tiny_char.model.save_to(str(nemo))
+    assert main(["--nemo", str(nemo)]) == 0
+    captured = capsys.readouterr()
+    assert "registering it as 'my_model'" in captured.err and captured.out.strip().startswith("my_model:")
+
+
+def test_an_export_leaves_nothing_in_the_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its scratch (the tokenizer of a config model) and its artifact copy are removed, on success and on
+    failure. (Ten exports of the medium architecture left 281 MB before.)"""
+    import tempfile
+
+    from export.__main__ import main
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert main(["--config", "tiny"]) == 0  # registered: the artifact is in the store
+    assert sorted(p.name for p in scratch.iterdir()) == []
+    assert main(["--config", str(CONFIGS / "citrinet.yaml")]) == 1  # refused
+    assert sorted(p.name for p in scratch.iterdir()) == []
+    capsys.readouterr()

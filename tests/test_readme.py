@@ -126,3 +126,36 @@ def test_error_table_lists_every_code() -> None:
     sent -= {(404, "not_found"), (405, "method_not_allowed"), (422, "unprocessable"), (500, "internal_error")}
     missing = sorted(f"{s} {c}" for s, c in sent if f"`{c}`" not in " ".join(v for k, v in rows if k == s))
     assert missing == [], f"codes missing from the README's error table: {missing}"
+
+
+def test_several_models_example_runs_offline_as_written(tmp_path: Path) -> None:
+    """The README's several-models block, command by command: the exports into an empty store, the serve line
+    (its ASR_MODELS) through scripts/serve.sh, and the curl line against it."""
+    import shlex
+
+    import httpx
+
+    block = example("several models")
+    lines = [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+    exports = [line for line in lines if "-m export" in line]
+    (serve_line,) = [line for line in lines if "scripts/serve.sh" in line]
+    (curl_line,) = [line for line in lines if line.startswith("curl")]
+    home = tmp_path / "store"
+    env = {**__import__("os").environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    for line in exports:
+        run = subprocess.run(shlex.split(line), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+    assignment = serve_line.split()[0]
+    assert assignment.startswith("ASR_MODELS=")
+    (tmp_path / "speech.wav").write_bytes(encode(speech.hindi(speech.SENTENCES[1]), 16000))
+    server_env = {"BENTOML_HOME": str(home), "ASR_MODELS": assignment.split("=", 1)[1], "ASR_DEVICE": "cpu"}
+    with Server(server_env, tmp_path / "several.log", script="scripts/serve.sh") as server:
+        command = curl_line.replace("http://127.0.0.1:3000", server.url)
+        out = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        models = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+    body = json.loads(out.stdout)
+    assert body["language"] == "mr" and body["model"].startswith("tiny_conformer_ctc_char:")
+    assert [(m["id"], m["language"]) for m in models] == [
+        ("stt_hi_demo_conformer_ctc", "hi"),
+        ("tiny_conformer_ctc_char", "mr"),
+    ]

@@ -29,7 +29,10 @@ def test_mismatched_names_refuse_to_start(tiny_bpe: Exported, tmp_path: Path) ->
 def test_providers() -> None:
     assert choose_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert choose_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", both, gpu=True)[0] == "CUDAExecutionProvider"
+    # onnxruntime-gpu lists CUDA on any host: without a GPU, auto does not try it (and print its errors)
+    assert choose_providers("auto", both, gpu=False) == ["CPUExecutionProvider"]
     assert choose_providers("cuda", ["CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
 
 

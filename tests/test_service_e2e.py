@@ -206,10 +206,13 @@ def test_plain_formats_have_their_media_types(bpe_server: Server, fmt: str, medi
 
 
 def test_demanded_gpu_that_did_not_load_is_not_ready(tiny_bpe: Exported, tmp_path: Path) -> None:
+    """Never ready, and /readyz says why as /status does, with no Retry-After: waiting will not bring a GPU."""
     with Server({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cuda"}, tmp_path / "gpu.log", wait_ready=False) as s:
-        assert httpx.get(s.url + "/readyz", timeout=10).status_code == 503
+        ready = httpx.get(s.url + "/readyz", timeout=10)
         status = httpx.post(s.url + "/status", timeout=10).json()
-        assert status["ready"] is False and "CUDA" in status["reason"]
+        assert status["ready"] is False and "CUDA" in status["reason"] and status["permanent"] is True
+        error(ready, 503, "not_ready")
+        assert ready.json()["message"] == status["reason"] and "retry-after" not in ready.headers
         error(post(s.url, wav16(speech.hindi(speech.SENTENCES[0]))), 503, "not_ready")
 
 

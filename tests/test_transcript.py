@@ -100,3 +100,14 @@ def test_verbose_json_shape() -> None:
     (seg,) = body["segments"]
     assert seg["tokens"] == [0, 1] and seg["avg_logprob"] < 0 and seg["start"] == 0.0
     assert [w["word"] for w in body["words"]] == ["नमस्ते", "आप"]
+
+
+def test_one_duration_everywhere() -> None:
+    """A clip of 5.453378684807256 s as sent (44.1 kHz) whose 16-kHz samples last 5.453375 s: the transcript,
+    its last segment and OpenAI's verbose JSON all say 5.453."""
+    samples = np.zeros(87254, np.float32)  # 5.453375 s at 16 kHz
+    result = SegmentResult(token_ids=[1], first_frame=[3], last_frame=[4], probability=[0.9], frames=136)
+    t = assemble([Segment(0, samples)], [result], DETOK, SHIFT, RATE, 240494 / 44100)
+    assert t.duration_s == t.segments[-1].end == 5.453
+    assert openai_verbose(t, "hindi", True, True)["duration"] == 5.453
+    assert openai_verbose(t, "hindi", True, True)["segments"][-1]["end"] == 5.453
