@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -28,12 +29,25 @@ class SoakReport:
         return len(self.errors) + sum(n for s, n in self.statuses.items() if s != 200)
 
     def growth(self, series: list[float], warmup: float = 0.2) -> float:
-        """Relative growth from the end of warm-up (first 20 % of the samples) to the end."""
-        if len(series) < 5:
-            return 0.0
-        start = max(series[: max(1, int(len(series) * warmup))])
-        end = max(series[-max(1, len(series) // 10) :])
+        """Relative growth of the median from just after warm-up (the next 20 % of the samples after the first
+        `warmup`) to the end (the last 25 %). Medians, not maxima: RSS swings +-20 MB from one second to the
+        next at saturation (malloc arenas, batches in flight), which a 60-s soak's maxima took for growth; a
+        leak moves the median."""
+        start, end = self._medians(series, warmup)
         return (end - start) / start if start else 0.0
+
+    def growth_mb(self, series: list[float], warmup: float = 0.2) -> float:
+        """The same growth in MB."""
+        start, end = self._medians(series, warmup)
+        return end - start
+
+    @staticmethod
+    def _medians(series: list[float], warmup: float) -> tuple[float, float]:
+        if len(series) < 10:
+            return 0.0, 0.0
+        n = len(series)
+        start = statistics.median(series[int(n * warmup) : int(n * (warmup + 0.2)) + 1])
+        return start, statistics.median(series[-max(1, n // 4) :])
 
 
 def _usage(procs: list[psutil.Process], tmp: str) -> tuple[float, int, int]:
