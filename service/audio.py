@@ -1,11 +1,13 @@
-"""Audio as people send it -> mono float32 at the model's rate. Decoded from the bytes by soundfile
-(the file name and declared content type are never trusted), resampled with soxr, limits checked early."""
+"""Audio as people send it -> mono float32 at the model's rate. Decoded from the bytes by libsndfile, or by
+FFmpeg through PyAV for the containers libsndfile lacks (service/containers.py); the file name and declared
+content type are never trusted. Resampled with soxr, limits checked early."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -53,47 +55,123 @@ class Abandoned(Exception):
     """Nobody waits for this decoding any more (the client went away or the request timed out)."""
 
 
-def decode(
-    data: bytes, target_rate: int, limits: Limits, stop: Callable[[], bool] | None = None
-) -> Decoded:
+def decode(data: bytes, target_rate: int, limits: Limits, stop: Callable[[], bool] | None = None) -> Decoded:
     """Decode, check, down-mix and resample, block by block: a request's peak memory is one block plus its
-    audio at the model's rate, whatever the upload's rate and channel count. Raises the service's client
-    errors (4xx), or Abandoned when `stop()` turns true between blocks."""
+    audio at the model's rate, whatever the upload's rate and channel count. libsndfile reads what it knows
+    (WAV, FLAC, OGG, MP3, AIFF, ...); FFmpeg's demuxers and decoders (PyAV) read what phones and browsers record
+    (MP4/M4A with AAC, WebM/Matroska with Opus, ADTS AAC, AMR). Raises the service's client errors (4xx), or
+    Abandoned when `stop()` turns true between blocks."""
     if not data:
         raise EmptyAudio("the audio file is empty")
     try:
         f = sf.SoundFile(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        raise UnsupportedFormat(
-            "the upload is not audio in a format we decode (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, ...)"
-        ) from None
+        container = sniff_container(data)
+        if container is None:
+            raise UnsupportedFormat(f"the upload is not audio in a format we decode ({FORMATS_NAMED})") from None
+        from service.containers import AVSource  # PyAV loads FFmpeg's libraries: only when needed
+
+        with AVSource(data, container) as source:
+            return _decode(source, target_rate, limits, stop)
     with f:
         if f.format == "WAV":
             _check_wav_length(data)
-        if limits.formats and f.format not in limits.formats:
-            raise UnsupportedFormat(f"{f.format} audio is not accepted here; accepted: {', '.join(limits.formats)}")
-        rate, channels = int(f.samplerate), int(f.channels)
-        if not MIN_RATE <= rate <= MAX_RATE:
-            raise BadRequest(f"sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise BadRequest(f"{channels} channels: between 1 and {MAX_CHANNELS} are accepted")
-        if limits.require_sample_rate and rate != limits.require_sample_rate:
-            raise BadRequest(f"audio must be sampled at {limits.require_sample_rate} Hz (got {rate} Hz)")
-        if limits.require_mono and channels != 1:
-            raise BadRequest(f"audio must be mono (got {channels} channels)")
-        reader = _BlockReader(f, rate, channels, target_rate, limits, stop)
-        declared = f.frames if f.seekable() and 0 <= f.frames < 2**62 else None
-        if declared is not None:  # refuse from the header: nothing decoded yet
-            reader.check(declared, from_header=True)
-        mono = reader.read_all(declared)
-        fmt, subtype = str(f.format), str(f.subtype)
+        return _decode(_SoundFileSource(f), target_rate, limits, stop)
+
+
+FORMATS_NAMED = "WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, M4A/MP4 AAC, WebM/Matroska Opus, AAC, AMR, ..."
+
+# Containers libsndfile does not read, told by their first bytes (never by name or declared type), each opened
+# with its one FFmpeg demuxer: no probing, so no demuxer that follows playlists or references other files.
+MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+
+
+def sniff_container(data: bytes) -> str | None:
+    """The FFmpeg demuxer for the bytes, among those we accept: mov (MP4, M4A, 3GP, QuickTime), matroska
+    (WebM, MKA), aac (ADTS), amr, mp3 (what libsndfile's MPEG reader refuses); None for anything else."""
+    if len(data) >= 12 and data[4:8] in MP4_BOXES:
+        return "mov"
+    if data[:4] == b"\x1aE\xdf\xa3":
+        return "matroska"
+    if data[:6] == b"#!AMR\n" or data[:9] == b"#!AMR-WB\n":
+        return "amr"
+    if data[:3] == b"ID3":
+        return "mp3"
+    if len(data) < 4 or data[0] != 0xFF or data[1] & 0xE0 != 0xE0:
+        return None  # no frame sync
+    version, layer, bitrate, rate = (data[1] >> 3) & 3, (data[1] >> 1) & 3, data[2] >> 4, (data[2] >> 2) & 3
+    if data[1] & 0xF6 == 0xF0:  # ADTS: 12 sync bits, layer 00
+        return "aac" if (data[2] >> 2) & 0xF < 13 else None
+    if version != 1 and layer != 0 and bitrate != 15 and rate != 3:  # a valid MPEG audio frame header
+        return "mp3"
+    return None
+
+
+# Signatures too short to be sure of: bytes that merely start like an audio frame and that FFmpeg cannot read
+# are not audio (415), where an MP4, WebM or AMR file FFmpeg cannot read is a damaged one (400).
+FRAME_SYNCED = frozenset({"aac", "mp3"})
+
+
+class Source(Protocol):
+    """A decoder's view of an upload: what its header says, then float32 blocks of (frames, channels)."""
+
+    rate: int
+    channels: int
+    format: str  # container: WAV, FLAC, OGG, MP3, MP4, WEBM, ...
+    subtype: str  # PCM_16, VORBIS, OPUS, AAC, ...
+    declared_frames: int | None  # from the header; None when it does not say
+
+    def blocks(self) -> Iterator[npt.NDArray[np.float32]]: ...
+
+    def finished(self, frames: int) -> None:
+        """Called after the last block with the frames read: raises when the file was cut short."""
+
+
+class _SoundFileSource:
+    def __init__(self, f: sf.SoundFile) -> None:
+        self.f = f
+        self.rate, self.channels = int(f.samplerate), int(f.channels)
+        self.format, self.subtype = str(f.format), str(f.subtype)
+        self.declared_frames = f.frames if f.seekable() and 0 <= f.frames < 2**62 else None
+
+    def blocks(self) -> Iterator[npt.NDArray[np.float32]]:
+        try:
+            while True:
+                block = self.f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    return
+                yield block
+        except sf.LibsndfileError:
+            raise UndecodableAudio("the audio data is corrupt or truncated") from None
+
+    def finished(self, frames: int) -> None:
+        pass  # libsndfile reports damage while reading; WAV lengths are checked before (_check_wav_length)
+
+
+def _decode(source: Source, target_rate: int, limits: Limits, stop: Callable[[], bool] | None) -> Decoded:
+    if limits.formats and source.format not in limits.formats:
+        raise UnsupportedFormat(f"{source.format} audio is not accepted here; accepted: {', '.join(limits.formats)}")
+    rate, channels = source.rate, source.channels
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise BadRequest(f"sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise BadRequest(f"{channels} channels: between 1 and {MAX_CHANNELS} are accepted")
+    if limits.require_sample_rate and rate != limits.require_sample_rate:
+        raise BadRequest(f"audio must be sampled at {limits.require_sample_rate} Hz (got {rate} Hz)")
+    if limits.require_mono and channels != 1:
+        raise BadRequest(f"audio must be mono (got {channels} channels)")
+    reader = _BlockReader(rate, channels, target_rate, limits, stop)
+    if source.declared_frames is not None:  # refuse from the header: nothing decoded yet
+        reader.check(source.declared_frames, from_header=True)
+    mono = reader.read_all(source.blocks(), source.declared_frames)
     frames = reader.frames
+    source.finished(frames)
     if frames == 0:
         raise EmptyAudio("the audio holds no samples")
     duration = frames / rate
     if duration < limits.min_duration_s:
         raise AudioTooShort(f"audio lasts {duration:.2f} s; the minimum is {limits.min_duration_s:g} s")
-    return Decoded(mono, rate, channels, fmt, subtype, duration)
+    return Decoded(mono, rate, channels, source.format, source.subtype, duration)
 
 
 # What writers that stream (pipes, espeak-ng --stdout, sox -t wav -) put in a WAV's size fields when the
@@ -127,14 +205,13 @@ class _BlockReader:
 
     def __init__(
         self,
-        f: sf.SoundFile,
         rate: int,
         channels: int,
         target_rate: int,
         limits: Limits,
         stop: Callable[[], bool] | None,
     ) -> None:
-        self.f, self.rate, self.channels, self.target_rate = f, rate, channels, target_rate
+        self.rate, self.channels, self.target_rate = rate, channels, target_rate
         self.limits, self.stop = limits, stop
         self.frames = 0
         self.max_frames = int(limits.max_duration_s * rate)
@@ -157,7 +234,7 @@ class _BlockReader:
                 "lower rate, e.g. 16 kHz mono)"
             )
 
-    def read_all(self, declared: int | None) -> npt.NDArray[np.float32]:
+    def read_all(self, blocks: Iterator[npt.NDArray[np.float32]], declared: int | None) -> npt.NDArray[np.float32]:
         ratio = self.target_rate / self.rate
         out = np.empty(int((declared or BLOCK_FRAMES) * ratio) + 16, np.float32)
         used = 0
@@ -171,21 +248,15 @@ class _BlockReader:
             out[used : used + piece.shape[0]] = piece
             used += piece.shape[0]
 
-        try:
-            while True:
-                if self.stop is not None and self.stop():
-                    raise Abandoned
-                block = self.f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-                if block.shape[0] == 0:
-                    break
-                self.frames += block.shape[0]
-                self.check(self.frames)
-                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-                if not np.isfinite(mono).all():
-                    raise UndecodableAudio("the audio holds NaN or infinite samples")
-                put(mono if self.resampler is None else self.resampler.resample_chunk(mono))
-        except sf.LibsndfileError:
-            raise UndecodableAudio("the audio data is corrupt or truncated") from None
+        for block in blocks:
+            if self.stop is not None and self.stop():
+                raise Abandoned
+            self.frames += block.shape[0]
+            self.check(self.frames)
+            mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+            if not np.isfinite(mono).all():
+                raise UndecodableAudio("the audio holds NaN or infinite samples")
+            put(mono if self.resampler is None else self.resampler.resample_chunk(mono))
         if self.resampler is not None and self.frames:
             put(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
         # the header's length is usually right, so the array is the output; after growing, let go of the slack

@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +72,21 @@ async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict
     await send({"type": "http.response.body", "body": payload})
 
 
+def error_code(body: bytes, status: int) -> str:
+    """The code in one of our error bodies (either shape); the status's code when it cannot be read."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        inner = data.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("code"), str):
+            return str(inner["code"])
+        if isinstance(inner, str) and "message" in data:
+            return inner
+    return STATUS_CODES.get(status, "error")
+
+
 def reshape_error(status: int, body: bytes, style: str = "asr") -> dict[str, Any] | None:
     """BentoML's error body -> ours (in the route's style); None when it already has that shape."""
     try:
@@ -90,6 +108,54 @@ def reshape_error(status: int, body: bytes, style: str = "asr") -> dict[str, Any
     return error_body(style, status, STATUS_CODES.get(status, "error"), str(message)[:500] or "request failed")
 
 
+REQUEST_LOG = logging.getLogger("asr.request")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+PROBES = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
+
+
+@dataclass
+class RequestRecord:
+    """One request's log line: `<request id> <method> <path> <status> <code> model=... audio_s=... <ms> ms
+    client=...`. The id is the client's X-Request-ID when it sends a usable one (up to 128 of A-Z a-z 0-9 and
+    ._:@/+=-), else a new one; the answer carries it back. Probes are logged only when they fail."""
+
+    id: str
+    method: str
+    path: str
+    client: str
+    started: float
+    status: int | None = None
+    code: str = ""
+    model: str = ""
+    audio_s: float | None = None
+    done: bool = False
+
+    @classmethod
+    def start(cls, scope: Scope) -> RequestRecord:
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"x-request-id"), "")
+        client = scope.get("client") or ("", 0)
+        return cls(
+            id=given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex,
+            method=str(scope.get("method", "")),
+            path=str(scope.get("path", "")),
+            client=str(client[0]),
+            started=time.perf_counter(),
+        )
+
+    def log(self) -> None:
+        if self.path in PROBES and self.status == 200:
+            return
+        took_ms = (time.perf_counter() - self.started) * 1000
+        status = str(self.status) if self.done else "-"
+        code = self.code if self.done else "client_gone"  # the client left before the whole answer was sent
+        audio = f" audio_s={self.audio_s:.2f}" if isinstance(self.audio_s, float) else ""
+        model = f" model={self.model}" if self.model else ""
+        REQUEST_LOG.info(
+            "%s %s %s %s %s%s%s %.0f ms client=%s",
+            self.id, self.method, self.path, status, code, model, audio, took_ms, self.client,
+        )  # fmt: skip
+
+
 class RequestGuard:
     def __init__(
         self, app: ASGIApp, max_body: int, routes: dict[str, FormRoute], max_concurrency: int, timeout_s: float
@@ -104,7 +170,15 @@ class RequestGuard:
             return
         route = self.routes.get(scope["path"])
         style = route.style if route else "asr"
+        record = RequestRecord.start(scope)
+        send = self._recording(send, scope, record, counted=route is not None and scope["method"] == "POST")
         send = self._shaping(send, style, readiness=scope["path"] == "/readyz")
+        try:
+            await self._route(scope, receive, send, route, style)
+        finally:
+            record.log()
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send, route: FormRoute | None, style: str) -> None:
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -171,6 +245,36 @@ class RequestGuard:
         limit_mb = self.max_body / (1024 * 1024)
         body = error_body(style, 413, "upload_too_large", f"the upload is larger than {limit_mb:g} MB")
         await send_json(send, 413, body, {"connection": "close"})
+
+    @staticmethod
+    def _recording(send: Send, scope: Scope, record: RequestRecord, counted: bool) -> Send:
+        """Give the answer its X-Request-ID, note its status and error code for the request's log line, and
+        count it in asr_requests_total{route, status, code, model} (the API routes; the handler leaves the
+        chosen model's name in the request state; requests refused before that count under "")."""
+        from service.metrics import REQUESTS
+
+        state = scope.setdefault("state", {})
+        body = bytearray()
+
+        async def recorded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = int(message["status"])
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", record.id.encode())]}
+            elif message["type"] == "http.response.body" and record.status is not None and not record.done:
+                if record.status >= 400:
+                    body.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    record.done = True
+                    record.code = "ok" if record.status < 400 else error_code(bytes(body), record.status)
+                    record.model = str(state.get("asr_model", ""))
+                    record.audio_s = state.get("asr_audio_s")
+                    if counted:
+                        labels = {"route": scope["path"], "status": str(record.status), "code": record.code}
+                        REQUESTS.labels(**labels, model=record.model).inc()
+            await send(message)
+
+        return recorded
 
     def _shaping(self, send: Send, style: str, readiness: bool = False) -> Send:
         state: dict[str, Any] = {}
@@ -256,21 +360,14 @@ async def run_watching(app: ASGIApp, scope: Scope, receive: Receive, send: Send,
 
 
 class AbandonedCallLog(logging.Filter):
-    """BentoML turns a batch call cancelled because its caller went away into `ServiceUnavailable("process is
-    overloaded")` and logs it as an ERROR with tracebacks. Such records become one INFO line."""
+    """BentoML turns a batch call cancelled because its caller went away (the client hung up, the request timed
+    out, or another segment of the same request was refused) into `ServiceUnavailable("process is overloaded")`
+    and logs it as an ERROR with two tracebacks, once per segment. Dropped: the entry's line for the request
+    says what happened to it (client_gone, timeout, overloaded)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and isinstance(exc.__context__, asyncio.CancelledError):
-            path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.msg, record.args, record.exc_info, record.exc_text = (
-                "%s: call cancelled, its caller went away",
-                (path,),
-                None,
-                None,
-            )
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
+        return not (exc is not None and isinstance(exc.__context__, asyncio.CancelledError))
 
 
 class CancelOnDisconnect:

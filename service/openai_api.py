@@ -70,7 +70,9 @@ async def transcriptions(request: Request) -> Response:
             data = await upload.read()
         finally:
             await form.close()
+        request.state.asr_model = options["model"].name  # for the request metrics (service/http.py)
         transcript = await service.run(data, options["model"])
+        request.state.asr_audio_s = transcript.duration_s  # for the request's log line
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
         return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message, exc.param), int(exc.status))
     fmt = options["response_format"]

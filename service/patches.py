@@ -27,6 +27,8 @@ REPLACED = {
     "bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
     "bentoml._internal.utils.filesystem.TempfilePool.release": "7ac0cb70fe0a86e8",
     "bentoml._internal.context.ServiceContext.in_request": "17f83b1eb008c3c4",
+    "bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware.__init__": "3a7dbff10bd460e2",
+    "bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware.__call__": "b7dc25ae0208d7b2",
 }
 
 
@@ -77,6 +79,9 @@ def check(version: str | None = None, replaced: dict[str, str] | None = None) ->
 
 _applied = False
 _originals: dict[str, Any] = {}  # the replaced code, kept so that check() still reads it once patched
+# The paths the service answers, for BentoML's HTTP metrics labels (service.py fills it in): any other path is
+# counted under "other". Entries ending in "/" (but "/" itself) are prefixes of a family (/v1/models/{id}).
+known_paths: set[str] = set()
 # Called with the number of segments dropped from a batch queue because their caller went away.
 on_dropped: Callable[[int], None] = lambda count: None  # noqa: E731
 
@@ -92,6 +97,7 @@ def apply() -> None:
     _drop_abandoned_jobs()
     _release_timeout_timers()
     _remove_request_dirs()
+    _fold_unknown_paths()
     _applied = True
 
 
@@ -223,3 +229,44 @@ def _remove_request_dirs() -> None:
         shutil.rmtree(dir, ignore_errors=True)
 
     request_tempdir_pool.release = release  # type: ignore[method-assign]
+
+
+def metrics_path(path: str) -> str:
+    """The label BentoML's HTTP metrics get for a path: itself when the service answers it, its family for a
+    family of paths, "other" for everything else."""
+    if path in known_paths:
+        return path
+    family = next((p for p in known_paths if len(p) > 1 and p.endswith("/") and path.startswith(p)), None)
+    return family + "{id}" if family else "other"
+
+
+def _fold_unknown_paths() -> None:
+    """BentoML 1.4.39's HTTP metrics middleware labels its series with the raw request path, so every path a
+    scanner tries (/wp-login.php, /.env, ...) adds series to /metrics for good. Here the middleware sees the
+    path folded by metrics_path(), and the app behind it the real one (BentoML's code is not copied: it is
+    handed a copy of the request scope, and a small layer right behind it puts the real path back)."""
+    from bentoml._internal.server.http import instruments
+
+    middleware = instruments.RunnerTrafficMetricsMiddleware
+    init, call = middleware.__init__, middleware.__call__
+
+    class RealPath:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            real = scope.get("asr.real_path")
+            await self.app({**scope, "path": real} if real else scope, receive, send)
+
+    def patched_init(self: Any, app: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, RealPath(app), *args, **kwargs)
+
+    async def patched_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"].startswith("http"):
+            label = metrics_path(scope["path"])
+            if label != scope["path"]:
+                scope = {**scope, "path": label, "asr.real_path": scope["path"]}
+        await call(self, scope, receive, send)
+
+    middleware.__init__ = patched_init  # type: ignore[method-assign]
+    middleware.__call__ = patched_call  # type: ignore[method-assign]

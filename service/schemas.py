@@ -39,3 +39,79 @@ class Transcription(BaseModel):
         if data.get("words") is None:
             data.pop("words", None)
         return data
+
+
+class ErrorBody(BaseModel):
+    """Every error of /transcribe, /status and the probes."""
+
+    error: str = Field(description="stable code, e.g. unsupported_format, audio_too_long, overloaded, not_ready")
+    message: str = Field(description="what went wrong, for a person")
+
+
+class OpenAIErrorObject(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error (4xx) or server_error (5xx)")
+    param: str | None = Field(description="the form field at fault, when one is")
+    code: str = Field(description="the same stable codes as ErrorBody.error")
+
+
+class OpenAIError(BaseModel):
+    """Every error of the /v1 routes, in OpenAI's shape."""
+
+    error: OpenAIErrorObject
+
+
+class OpenAITranscription(BaseModel):
+    """response_format=json on /v1/audio/transcriptions."""
+
+    text: str
+
+
+class OpenAISegment(BaseModel):
+    id: int
+    seek: int = Field(description="start in hundredths of a second")
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(description="the model's own token ids")
+    temperature: float = Field(description="always 0.0: decoding is greedy")
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float = Field(description="always 0.0: not estimated")
+
+
+class OpenAIWord(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class OpenAIVerboseTranscription(BaseModel):
+    """response_format=verbose_json: segments unless only word granularity was asked for, words when it was."""
+
+    task: str = Field(description="always transcribe")
+    language: str = Field(description="the language's English name, e.g. hindi")
+    duration: float = Field(description="seconds, the same value as duration_s on /transcribe")
+    text: str
+    segments: list[OpenAISegment] | None = Field(default=None, description="absent when not asked for")
+    words: list[OpenAIWord] | None = Field(default=None, description="only with timestamp_granularities[]=word")
+
+
+class ModelObject(BaseModel):
+    """One served model, as GET /v1/models lists it."""
+
+    id: str = Field(description="the name to pass as `model`")
+    object: str = Field(description="always model")
+    owned_by: str
+    name: str
+    tag: str = Field(description="the BentoML store tag")
+    language: str = Field(description="ISO 639-1")
+    sample_rate: int
+    created: int = Field(description="registration time, Unix seconds")
+    demo: bool | None = Field(default=None, description="present (true) for a demonstration model")
+    notice: str | None = Field(default=None, description="what a demonstration model is not")
+
+
+class ModelList(BaseModel):
+    object: str = Field(description="always list")
+    data: list[ModelObject]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from service import patches
+from service import metrics, openapi, patches
 from service.catalog import ServedModel
 from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
 from service.formats import ResponseFormat, media_type, render
 from service.http import (
     BENTOML_INTERNAL,
     READINESS,
+    REQUEST_LOG,
     AbandonedCallLog,
     CancelOnDisconnect,
     FormRoute,
@@ -93,19 +95,20 @@ def _check_variant() -> None:
 
 _check_variant()
 
-# Segments the recognizer ran, by model and outcome (run; failed: ONNX Runtime raised), and segments it dropped
-# from a batch queue unrun because their caller went away (BentoML's queue does not say which model's).
-SEGMENTS = bentoml.metrics.Counter(
-    name="asr_recognizer_segments", documentation="segments run, by model and outcome", labelnames=["model", "outcome"]
-)
-DROPPED = bentoml.metrics.Counter(
-    name="asr_recognizer_segments_dropped", documentation="segments dropped unrun: their caller went away"
-)
-patches.on_dropped = DROPPED.inc
-
 
 def _method(index: int) -> str:
-    return f"infer_{index}"
+    """Model `index`'s batch API, named after the model: BentoML labels its batching metrics with it."""
+    name = re.sub(r"\W", "_", str(MODELS[index].tag).split(":")[0])
+    return f"infer_{name}"
+
+
+patches.on_dropped = metrics.SEGMENTS_DROPPED.inc
+# what the service answers (BentoML's HTTP metrics count any other path as "other"; "/x/" is a family)
+patches.known_paths.update(
+    {"/", "/docs.json", "/schema.json", "/readyz", "/livez", "/healthz", "/metrics", "/transcribe", "/status"}
+    | {"/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/static_content/"}
+    | {f"/{_method(i)}" for i in range(len(MODELS))}  # the recognizer's batch APIs
+)
 
 
 def _store_entries(service: Any) -> list[Any]:
@@ -122,8 +125,8 @@ def _infer_api(index: int) -> Any:
         failed = sum(1 for r in results if r.error)
         name = engine.manifest.name
         if failed:
-            SEGMENTS.labels(model=name, outcome="failed").inc(failed)
-        SEGMENTS.labels(model=name, outcome="run").inc(len(results) - failed)
+            metrics.SEGMENTS_RUN.labels(model=name, outcome="failed").inc(failed)
+        metrics.SEGMENTS_RUN.labels(model=name, outcome="run").inc(len(results) - failed)
         return results
 
     infer.__name__ = infer.__qualname__ = _method(index)
@@ -186,6 +189,7 @@ for _index, _model in enumerate(MODELS):
 
 Recognizer = bentoml.service(  # type: ignore[misc]
     name="asr_recognizer",
+    logging={"access": {"enabled": False}},  # a line per batch call says nothing the entry's request lines miss
     # Only the recognizer asks for a GPU; BentoML then sets CUDA_VISIBLE_DEVICES for its worker.
     resources={"gpu": 1} if SETTINGS.device != "cpu" else {},
     workers=1,
@@ -197,7 +201,7 @@ Recognizer = bentoml.service(  # type: ignore[misc]
     runner_connection={"max_requests": 2**62, "max_age": 1e12},
 )(Recognizer)
 Recognizer.add_asgi_middleware(CancelOnDisconnect)  # type: ignore[attr-defined]
-# BentoML logs each call cancelled that way as an ERROR with two tracebacks; it is a normal event: one line.
+# BentoML logs each call cancelled that way as an ERROR with two tracebacks; the request's own line says it.
 logging.getLogger("bentoml._internal.server.http_app").addFilter(AbandonedCallLog())
 
 
@@ -227,9 +231,7 @@ class Transcriber:
 
         self.catalog = Catalog(
             [
-                ServedModel.build(
-                    str(m.tag), Manifest.read(Path(m.path)), _method(i), SETTINGS.segment_s, _created(m)
-                )
+                ServedModel.build(str(m.tag), Manifest.read(Path(m.path)), _method(i), SETTINGS.segment_s, _created(m))
                 for i, m in enumerate(_store_entries(self))
             ]
         )
@@ -241,6 +243,9 @@ class Transcriber:
             SETTINGS.require_mono,
             SETTINGS.max_decoded_mb,
         )
+        # One line per request (service/http.py), under BentoML's logging set-up (done before this runs)
+        REQUEST_LOG.disabled = False
+        REQUEST_LOG.setLevel(logging.INFO)
         # Requests check readiness until it is first true, then never again: a loaded model does not go away,
         # and a recognizer that dies shows as 503 `unavailable` from the call itself. Probes always ask.
         self._recognizer_ready = False
@@ -272,15 +277,20 @@ class Transcriber:
         language: str = "",
         ctx: bentoml.Context = None,  # type: ignore[assignment]  # BentoML passes it; not a form field
     ) -> Transcription | str:
-        """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, any rate and
-        channel count. `timestamps=true` adds words with start/end seconds and confidence.
-        `response_format`: json (this schema), text, srt or vtt. `model` (a served name) and/or `language`
-        (ISO 639-1, e.g. hi) choose among the served models; neither: the first one."""
+        """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, M4A/MP4 AAC,
+        WebM Opus, AAC, AMR, ...; any rate from 1 to 384 kHz, 1 to 64 channels. `timestamps=true` adds words
+        with start/end seconds and confidence. `response_format`: json (the Transcription schema), text, srt or
+        vtt. `model` (a served name) and/or `language` (ISO 639-1, e.g. hi) choose among the served models;
+        neither: the first one."""
         import anyio
 
         try:
             served = self.catalog.select(model, language)
+            if ctx is not None:
+                ctx.request.state.asr_model = served.name  # for the request metrics (service/http.py)
             transcript = await self.run(await anyio.Path(audio).read_bytes(), served)
+            if ctx is not None:
+                ctx.request.state.asr_audio_s = transcript.duration_s  # for the request's log line
         except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
             ctx.response.status_code = int(exc.status)  # with a ctx parameter, BentoML sets the status from it
             return JSONResponse(exc.body(), status_code=int(exc.status))  # type: ignore[return-value]
@@ -325,6 +335,7 @@ class Transcriber:
         """Bytes of an audio file -> transcript with the model chosen by catalog.select: decode, cut,
         recognise (batched, in that model's queue), assemble."""
         import threading
+        import time
 
         import anyio
 
@@ -337,6 +348,7 @@ class Transcriber:
             if not status["ready"]:
                 raise NotReady(f"the service is not ready: {status['reason']}")
         manifest, rate = served.manifest, served.manifest.sample_rate
+        started = time.monotonic()
         stop = threading.Event()
         try:
             # abandon_on_cancel: a cancelled request (client gone, timeout) does not wait for its decoding,
@@ -354,7 +366,7 @@ class Transcriber:
             )
         segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
         try:
-            raw = await self._recognize(served.method, [s.samples for s in segments])
+            raw = await self._recognize(served, [s.samples for s in segments])
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             # The recognizer process died (and is being restarted by BentoML's arbiter): retryable.
             log.warning("recognizer call failed: %r", exc)
@@ -369,15 +381,29 @@ class Transcriber:
         failed = next((r.error for r in results if r.error), "")
         if failed:
             raise RecognizerUnavailable(f"{failed}; retry shortly")
-        return assemble(segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s)
+        transcript = assemble(segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s)
+        elapsed = time.monotonic() - started
+        metrics.AUDIO_SECONDS.labels(model=served.name).inc(decoded.duration_s)
+        metrics.PROCESSING_SECONDS.labels(model=served.name).observe(elapsed)
+        metrics.REAL_TIME_FACTOR.labels(model=served.name).observe(elapsed / max(decoded.duration_s, 1e-3))
+        metrics.SEGMENTS_PER_REQUEST.labels(model=served.name).observe(len(segments))
+        return transcript
 
-    async def _recognize(self, method: str, segments: list[np.ndarray]) -> list[Any]:
+    async def _recognize(self, served: ServedModel, segments: list[np.ndarray]) -> list[Any]:
         """Every segment through the model's batch queue, at most SEGMENTS_IN_FLIGHT at a time; results in order."""
         import asyncio
 
-        remote = getattr(self.recognizer.to_async, method)
+        remote = getattr(self.recognizer.to_async, served.method)
+        in_flight = metrics.SEGMENTS_IN_FLIGHT.labels(model=served.name)
 
         async def infer(batch: list[np.ndarray]) -> list[Any]:
+            in_flight.inc(len(batch))
+            try:
+                return await call(batch)
+            finally:
+                in_flight.dec(len(batch))
+
+        async def call(batch: list[np.ndarray]) -> list[Any]:
             try:
                 return list(await remote(batch))
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -411,12 +437,14 @@ for _index, _model in enumerate(MODELS):  # the entry reads every model's manife
 Transcriber = bentoml.asgi_app(openai_app, path="/v1")(  # type: ignore[misc]
     bentoml.service(
         name="asr",
+        logging={"access": {"enabled": False}},  # RequestGuard logs one line per request, with its request id
         # RequestGuard enforces ASR_TIMEOUT_S and ASR_MAX_CONCURRENCY with our error bodies; BentoML's own
         # limits are a looser backstop for the other routes.
         traffic={"timeout": SETTINGS.timeout_s + 30, "max_concurrency": SETTINGS.max_concurrency * 2},
     )(Transcriber)
 )
 
+openapi.install(Transcriber)  # /docs.json and the bento's apis/openapi.yaml: service/openapi.py
 Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_body=SETTINGS.max_upload_bytes,

@@ -1,4 +1,6 @@
-"""Encode test audio in every container/codec the service accepts (soundfile writes them all)."""
+"""Encode test audio in every container/codec the service accepts: soundfile writes what libsndfile reads;
+FFmpeg's own muxers and encoders (through PyAV, which bundles FFmpeg's libraries) write what phones and
+browsers record."""
 
 from __future__ import annotations
 
@@ -19,10 +21,18 @@ ENCODINGS = [
     ("ogg-vorbis", "OGG", "VORBIS"),
     ("ogg-opus", "OGG", "OPUS"),
     ("mp3", "MP3", "MPEG_LAYER_III"),
+    ("m4a-aac", "MP4", "AAC"),
+    ("webm-opus", "WEBM", "OPUS"),
+    ("adts-aac", "AAC", "AAC"),
 ]
+# container -> (FFmpeg muxer, encoder)
+FFMPEG = {"MP4": ("ipod", "aac"), "WEBM": ("webm", "libopus"), "AAC": ("adts", "aac"), "AMR": ("amr", "amr_nb")}
 
 
 def encode(audio: npt.NDArray[np.float32], rate: int, container: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    """(frames,) or (frames, channels) float32 -> the bytes of a file."""
+    if container in FFMPEG:
+        return ffmpeg_encode(audio, rate, container)
     buffer = io.BytesIO()
     sf.write(buffer, audio, rate, format=container, subtype=subtype)
     return buffer.getvalue()
@@ -79,3 +89,38 @@ def silent_flac(rate: int, channels: int, seconds: float, block: int = 4096) -> 
             crc = ((crc << 8) & 0xFFFF) ^ table16[(crc >> 8) ^ byte]
         out.append(frame + crc.to_bytes(2, "big"))
     return b"".join(out)
+
+
+class _Stream(io.RawIOBase):
+    """A pipe-like output FFmpeg cannot seek back in, as a browser's MediaRecorder writes: no length in the
+    header."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.data += b
+        return len(b)
+
+
+def ffmpeg_encode(audio: npt.NDArray[np.float32], rate: int, container: str, streamed: bool = False) -> bytes:
+    """FFmpeg's muxer and encoder for `container` (MP4 = M4A with AAC, WEBM with Opus, AAC = ADTS, AMR-NB).
+    streamed: written as a live stream (WebM: no duration, as browsers record)."""
+    import av
+
+    muxer, codec = FFMPEG[container]
+    planar = np.ascontiguousarray((audio[:, None] if audio.ndim == 1 else audio).T, dtype=np.float32)
+    out: io.RawIOBase | io.BytesIO = _Stream() if streamed else io.BytesIO()
+    with av.open(out, "w", format=muxer, options={"live": "1"} if streamed else {}) as file:
+        stream = file.add_stream(codec, rate=rate, layout="mono" if planar.shape[0] == 1 else "stereo")
+        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=stream.layout.name)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            file.mux(packet)
+    return bytes(out.data) if isinstance(out, _Stream) else out.getvalue()

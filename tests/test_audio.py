@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import io
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.audio import Limits, decode
-from service.errors import AudioTooLong, AudioTooShort, BadRequest, EmptyAudio, UndecodableAudio, UnsupportedFormat
-from tests.audio_files import ENCODINGS, encode
+from service.audio import Limits, decode, sniff_container
+from service.errors import (
+    AudioTooLarge,
+    AudioTooLong,
+    AudioTooShort,
+    BadRequest,
+    EmptyAudio,
+    UndecodableAudio,
+    UnsupportedFormat,
+)
+from tests.audio_files import ENCODINGS, encode, ffmpeg_encode
 
 RATE = 16000
 
@@ -165,3 +174,73 @@ def test_decoding_stops_at_the_next_block_when_nobody_waits() -> None:
     with pytest.raises(Abandoned):
         decode(silent_flac(48_000, 2, 4096 * 2000 / 48_000), RATE, Limits(), stop)
     assert len(asked) == 4 and BLOCK_FRAMES * 100 < 2000 * 4096  # a file of 125 blocks, 3 decoded
+
+
+def test_browser_recordings_without_a_length_decode() -> None:
+    """WebM as a browser's MediaRecorder writes it (a live stream: no duration in the header) decodes whole;
+    with no length promised, a part of such a file is the audio it holds."""
+    streamed = ffmpeg_encode(tone(3.0, 48000, 2), 48000, "WEBM", streamed=True)
+    whole = decode(streamed, RATE, Limits())
+    assert whole.format == "WEBM" and whole.channels == 2 and whole.duration_s == pytest.approx(3.0, abs=0.05)
+    part = decode(streamed[: len(streamed) // 2], RATE, Limits())
+    assert 1.0 < part.duration_s < 2.0
+
+
+def test_phone_codecs_at_their_rates() -> None:
+    """AMR-NB (8 kHz mono, old phones' voice memos) and AAC-LC in M4A at 16 kHz mono."""
+    amr = decode(ffmpeg_encode(tone(2.0, 8000), 8000, "AMR"), RATE, Limits())
+    assert (amr.format, amr.subtype, amr.source_rate) == ("AMR", "AMRNB", 8000)
+    assert amr.duration_s == pytest.approx(2.0, abs=0.05)
+    m4a = decode(ffmpeg_encode(tone(2.0, RATE), RATE, "MP4"), RATE, Limits())
+    spectrum = np.abs(np.fft.rfft(m4a.samples))
+    assert np.argmax(spectrum) * RATE / m4a.samples.shape[0] == pytest.approx(440, abs=2)
+
+
+@pytest.mark.parametrize("container", ["MP4", "WEBM"])
+def test_containers_cut_short_are_refused(container: str) -> None:
+    """The rule for every container: a header that promises more audio than the file holds is a 400
+    undecodable_audio (a partial upload), never a shorter transcript."""
+    rate = 48000 if container == "WEBM" else 44100
+    data = ffmpeg_encode(tone(4.0, rate, 2), rate, container)
+    for keep in (0.5, 0.9):
+        with pytest.raises(UndecodableAudio):
+            decode(data[: int(len(data) * keep)], RATE, Limits())
+
+
+def test_container_limits_apply_from_the_header() -> None:
+    """Rate x channels x duration and the duration limit are read from an MP4's header, before decoding."""
+    data = ffmpeg_encode(tone(6.0, 48000, 2), 48000, "MP4")
+    with pytest.raises(AudioTooLong, match=r"lasts 6\.0 s"):
+        decode(data, RATE, Limits(max_duration_s=5))
+    with pytest.raises(AudioTooLarge):
+        decode(data, RATE, Limits(max_decoded_mb=1))
+    with pytest.raises(UnsupportedFormat, match="MP4 audio is not accepted"):
+        decode(data, RATE, Limits(formats=("WAV", "FLAC")))
+
+
+def test_only_known_containers_reach_ffmpeg() -> None:
+    """FFmpeg is never asked to guess: a playlist, a concat list or a video-only file is not audio we take."""
+    for text in (b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n", b"ffconcat version 1.0\nfile /etc/passwd\n"):
+        with pytest.raises(UnsupportedFormat):
+            decode(text, RATE, Limits())
+    assert sniff_container(b"\x00\x00\x00\x18ftypM4A \x00\x00\x00\x00") == "mov"
+    assert sniff_container(b"\x1aE\xdf\xa3\x9fB\x86") == "matroska"
+    assert sniff_container(b"\xff\xf1\x50\x80") == "aac" and sniff_container(b"\xff\xfb\x90\x00") == "mp3"
+    with pytest.raises(UnsupportedFormat, match="no audio stream"):
+        decode(video_only_mp4(), RATE, Limits())
+
+
+def video_only_mp4() -> bytes:
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as file:
+        stream = file.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 40, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                file.mux(packet)
+        for packet in stream.encode(None):
+            file.mux(packet)
+    return out.getvalue()

@@ -168,7 +168,6 @@ def test_errors_reach_the_client_with_status_and_code(served: tuple[Server, Path
             assert int(exc.error_code) == status and body(exc)["error"] == code and body(exc)["message"]
 
 
-
 def test_429_and_503_reach_the_client(tiny_bpe: Exported, tmp_path: Path) -> None:
     """429: four calls at once (clients made beforehand) on a service that admits one; 503: a service that
     cannot turn ready (the GPU it was told to demand is not there) answers `not_ready`."""

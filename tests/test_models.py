@@ -115,9 +115,10 @@ def test_mixed_concurrent_load_matches_nemo_per_model(
     # is one segment), so no batch held another model's audio; and batching did happen.
     after = httpx.get(multi_server.url + "/metrics", timeout=10).text
     sizes = []
-    for index, m in enumerate(models):
-        total_after, count_after = batched_items(after, f"infer_{index}")
-        total_before, count_before = batched_items(before, f"infer_{index}")
+    for m in models:
+        method = "infer_" + m.tag.split(":")[0]  # each queue is named after its model
+        total_after, count_after = batched_items(after, method)
+        total_before, count_before = batched_items(before, method)
         sent = sum(1 for j, _ in jobs if j is m)
         assert total_after - total_before == sent, m.config
         sizes.append((total_after - total_before) / (count_after - count_before))

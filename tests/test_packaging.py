@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests import speech
-from tests.audio_files import encode
+from tests.audio_files import encode, ffmpeg_encode
 from tests.conftest import Exported
 from tests.server import ROOT, Server, free_port
 
@@ -89,6 +89,8 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     spec = yaml.safe_load((path / "bento.yaml").read_text())
     tags = {m["tag"] for s in spec["services"] for m in s.get("models", [])}
     assert tags == set(models.split(",")) and spec["args"]["models"] == models
+    document = yaml.safe_load((path / "apis" / "openapi.yaml").read_text())  # ours (service/openapi.py)
+    assert {"/transcribe", "/v1/audio/transcriptions", "/v1/models/{model_id}"} <= set(document["paths"])
 
 
 def test_bento_serves_what_the_dev_server_serves(
@@ -166,6 +168,10 @@ def test_container_answers_like_the_dev_server(
         body = transcribe(c.url, speech_wav)
         assert body["text"] == dev_text and body["model"] == models.split(",")[0]
         assert transcribe(c.url, speech_wav, model=models.split(",")[1].split(":")[0])["model"] == models.split(",")[1]
+        # what phones record, decoded by the image's FFmpeg libraries (PyAV)
+        m4a = ffmpeg_encode(speech.hindi(speech.SENTENCES[0]), 16000, "MP4")
+        r = httpx.post(c.url + "/transcribe", files={"audio": ("voice.m4a", m4a)}, timeout=120)
+        assert r.status_code == 200 and r.json()["duration_s"] > 1, r.text
         assert c.exec("id", "-u").stdout.strip() != "0"  # non-root
         listed = c.exec("python", "-m", "pip", "list", "--format=freeze").stdout.lower()
         listed += c.exec("uv", "pip", "list").stdout.lower()

@@ -4,6 +4,7 @@ guard that refuses to patch code it was not written for. Plain unit tests: no se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import os
@@ -195,3 +196,40 @@ def test_request_directories_are_removed(tmp_path: Any) -> None:
         assert os.listdir(tmp_path) == []
     finally:
         pool._new = saved
+
+
+def test_unknown_paths_fold_into_one_metrics_label() -> None:
+    """BentoML labels its HTTP metrics with the raw path (patches._fold_unknown_paths): every path a scanner
+    tries would add series for good. Known paths keep their label, families fold, the rest is "other"; the app
+    behind the metrics middleware still gets the real path."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    patches.known_paths.update({"/", "/transcribe", "/v1/models/"})
+    assert patches.metrics_path("/transcribe") == "/transcribe" and patches.metrics_path("/") == "/"
+    assert patches.metrics_path("/v1/models/abc") == "/v1/models/{id}"
+    assert patches.metrics_path("/wp-login.php") == patches.metrics_path("/.env") == "other"
+
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+
+    middleware = RunnerTrafficMetricsMiddleware(app)
+    middleware._is_setup = True  # its Prometheus objects are not needed to see the labels
+
+    labels: list[str] = []
+
+    class Series:
+        def labels(self, **kw: Any) -> Any:
+            labels.append(kw.get("endpoint", ""))
+            return self
+
+        def set_to_current_time(self) -> None: ...
+
+        def track_inprogress(self) -> Any:
+            return contextlib.nullcontext()
+
+    for name in ("metrics_last_request_timestamp", "metrics_request_in_progress", "metrics_request_total"):
+        setattr(middleware, name, Series())
+    asyncio.run(middleware({"type": "http", "path": "/wp-login.php"}, None, None))
+    assert seen == ["/wp-login.php"] and "/wp-login.php" not in labels and "other" in labels
