@@ -192,3 +192,51 @@ def test_container_demanding_a_gpu_is_not_ready(image: tuple[str, str]) -> None:
         assert status["ready"] is False and "CUDA" in status["reason"]
     finally:
         c.remove()
+
+
+@pytest.mark.skipif(not (shutil.which("kubectl") or shutil.which("kustomize")), reason="needs kubectl or kustomize")
+def test_kube_play_of_the_rendered_cpu_deployment(
+    image: tuple[str, str], speech_wav: bytes, dev_text: str, tmp_path: Path
+) -> None:
+    """deploy/render.sh cpu, played by `podman kube play` as rendered (non-root, read-only root filesystem,
+    settings from its ConfigMap), but for a host port on 127.0.0.1 to reach it: ready, answering as the
+    development server does, then torn down."""
+    tool, name = image
+    if tool != "podman":
+        pytest.skip("`kube play` is podman's")
+    out = subprocess.run(
+        ["bash", "deploy/render.sh", "cpu"], cwd=ROOT, env={**os.environ, "IMAGE": name}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    objects = [o for o in yaml.safe_load_all(out.stdout) if o]
+    port = free_port()
+    for o in objects:
+        if o["kind"] == "Deployment":
+            (container,) = o["spec"]["template"]["spec"]["containers"]
+            container["ports"][0].update(hostPort=port, hostIP="127.0.0.1")
+    played = tmp_path / "asr.yaml"
+    played.write_text(yaml.safe_dump_all(objects))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        run = subprocess.run([tool, "kube", "play", str(played)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        logs = subprocess.run([tool, "logs", "asr-pod-0-asr"], capture_output=True, text=True)
+        assert httpx.get(url + "/readyz", timeout=5).status_code == 200, logs.stdout[-3000:] + logs.stderr[-3000:]
+        assert transcribe(url, speech_wav)["text"] == dev_text
+        status = httpx.post(url + "/status", timeout=10).json()
+        assert status["providers"] == ["CPUExecutionProvider"]  # ASR_DEVICE=cpu from the ConfigMap
+        inside = subprocess.run([tool, "exec", "asr-pod-0-asr", "id", "-u"], capture_output=True, text=True)
+        assert inside.stdout.strip() == "1034"
+        touch = subprocess.run([tool, "exec", "asr-pod-0-asr", "touch", "/home/bentoml/x"], capture_output=True)
+        assert touch.returncode != 0  # the root filesystem is read-only
+    finally:
+        subprocess.run([tool, "kube", "down", str(played)], capture_output=True, timeout=120)
+    assert subprocess.run([tool, "pod", "exists", "asr-pod-0"]).returncode != 0
