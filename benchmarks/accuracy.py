@@ -26,15 +26,9 @@ sys.path.insert(0, str(ROOT))
 from demo.evaluate import conditions  # noqa: E402
 from demo.metrics import cer, wer  # noqa: E402
 from demo.text import read_heldout  # noqa: E402
+from export.variants import cpu_name  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
-
-
-def cpu_name() -> str:
-    """The processor and whether it has AVX-512 VNNI (figures from different CPUs do not compare)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
-    return f"{name}{' with AVX-512 VNNI' if 'avx512_vnni' in info else ''}"
 
 
 async def transcribe_all(url: str, wavs: list[bytes], clients: int) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.suite import clients, ort_session, run_batches  # noqa: E402
+from benchmarks.suite import clients, ort_session, paired_rounds, run_batches  # noqa: E402
+from export.variants import cpu_name  # noqa: E402
 from tests import speech  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
@@ -51,14 +51,6 @@ def clips16() -> list[np.ndarray]:
             audio = np.tile(audio, int(np.ceil(5 * RATE / audio.shape[0])))[: 5 * RATE]
         out.append(audio[: 15 * RATE])
     return out
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    vnni = " with AVX-512 VNNI" if "avx512_vnni" in flags else (" with AVX2" if "avx2" in flags else "")
-    return f"{name or platform.processor()}{vnni}, {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -84,30 +76,23 @@ def main() -> None:
     bare = ort_session(graph, "cpu")
     settings = dict(e.split("=", 1) for e in args.env)
     env = {"ASR_MODEL": tag, "ASR_DEVICE": "cpu", **settings}
-    print(f"{len(clips)} clips, {audio_s:.1f} s of audio; {cpu_name()}; server settings {settings or 'defaults'}")
+    machine = f"{cpu_name()}, {os.cpu_count()} cores"
+    print(f"{len(clips)} clips, {audio_s:.1f} s of audio; {machine}; server settings {settings or 'defaults'}")
     rows = []
     with Server(env, Path(tempfile.mkdtemp()) / "server.log") as server:
         asyncio.run(clients(server.url, payloads[:4], 4))  # warm-up
         run_batches(bare, clips[:2], 1)
         for concurrency in CONCURRENCY:
-            ratios, raw_rtfx, served_rtfx = [], [], []
-            for _ in range(args.rounds):
-                t = time.perf_counter()
-                run_batches(bare, clips, 1)
-                raw = audio_s / (time.perf_counter() - t)
-                t = time.perf_counter()
-                asyncio.run(clients(server.url, payloads, concurrency))
-                served = audio_s / (time.perf_counter() - t)
-                ratios.append(served / raw)
-                raw_rtfx.append(raw)
-                served_rtfx.append(served)
+            rounds = paired_rounds(bare, clips, server.url, payloads, concurrency, args.rounds)
+            raw_rtfx, served_rtfx = [r for r, _ in rounds], [s for _, s in rounds]
+            ratios = [s / r for r, s in rounds]
             row = (concurrency, statistics.median(raw_rtfx), statistics.median(served_rtfx), statistics.median(ratios))
             rows.append(row)
             print(f"  {concurrency:>2} clients: bare RTFx {row[1]:6.1f}  service {row[2]:6.1f}  ratio {row[3]:.3f}")
     label = args.label or (", ".join(args.env) or "defaults")
     lines = [
         f"\n### {time.strftime('%Y-%m-%d %H:%M')} · {args.config} · {label}\n",
-        f"{cpu_name()}; {len(clips)} clips, {audio_s:.0f} s; {args.rounds} paired rounds per row (medians).\n",
+        f"{machine}; {len(clips)} clips, {audio_s:.0f} s; {args.rounds} paired rounds per row (medians).\n",
         "| clients | bare ORT RTFx | service RTFx | service / bare |",
         "|---|---|---|---|",
         *[f"| {c} | {r:.1f} | {s:.1f} | {x:.3f} |" for c, r, s, x in rows],

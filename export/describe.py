@@ -37,9 +37,10 @@ def check_exportable(model: Any) -> None:
             "attention does not reproduce NeMo in the exported graph"
         )
     preprocessor = model.preprocessor
-    if not isinstance(preprocessor, AudioToMelSpectrogramPreprocessor) or type(
-        preprocessor.featurizer
-    ) is not FilterbankFeatures:
+    if (
+        not isinstance(preprocessor, AudioToMelSpectrogramPreprocessor)
+        or type(preprocessor.featurizer) is not FilterbankFeatures
+    ):
         raise UnsupportedFrontEnd(
             f"front end {type(preprocessor).__name__} ({type(getattr(preprocessor, 'featurizer', None)).__name__}) "
             "is not supported: the export reproduces NeMo's log-mel AudioToMelSpectrogramPreprocessor "

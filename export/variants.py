@@ -1,8 +1,9 @@
 """Optional variants of the fp32 graph, each verified against NeMo like the graph itself.
 
 - optimized: ONNX Runtime's offline graph optimisation (basic level: portable across providers).
-- int8: dynamic int8 quantisation of MatMul weights, for CPUs. Not a promised speed-up: on this project's
-  AVX2-only test machine int8 was slower than fp32; measure before choosing it.
+- int8: dynamic int8 quantisation of MatMul weights, for CPUs (convolutions stay fp32: int8 convolutions are
+  known to break Hindi Conformer models). Its speed depends on the CPU (VNNI): the export measures it against
+  the fp32 graph and records it in the manifest with the CPU's name.
 - fp16: half-precision weights and activations for GPUs (inputs and outputs stay float32); the log-mel
   front end and its per-feature normalisation stay in fp32 (sums of squares over the 3,000 frames of a 30-s
   segment overflow fp16's 65,504).
@@ -64,6 +65,7 @@ def _undo_round_trips(model: Any) -> None:
     import onnx
 
     graph = model.graph
+
     def to(node: Any) -> int:
         return int(node.attribute[0].i) if node.op_type == "Cast" else -1
 
@@ -131,9 +133,51 @@ def make_variant(
     if problems and kind == "optimized":
         # an optimised fp32 graph must be as exact as the original
         raise ParityError("the optimized graph does not reproduce NeMo:\n  " + "\n  ".join(problems[:20]))
+    speed = None if kind == "fp16" else cpu_speed(directory / graph_file, directory / file, clips)
     note = (
         f"tokens identical to NeMo on {report.identical_tokens}/{report.clips} clips, "
         f"max |Δ log-prob| {report.max_abs_logprob_diff:.2e}"
+        + ("" if speed is None else f"; {speed:.2f}x the fp32 graph's speed on this CPU")
         + ("" if not problems else f"; not exact ({problems[0]}): measure before use")
     )
-    return Variant(file=file, kind=kind, note=note, parity=report)  # type: ignore[arg-type]
+    return Variant(
+        file=file,
+        kind=kind,  # type: ignore[arg-type]  # one of KINDS (write_variant refused anything else)
+        note=note,
+        parity=report,
+        cpu_speed_vs_fp32=speed,
+        measured_on=cpu_name() if speed is not None else "",
+    )
+
+
+def cpu_speed(fp32: Path, variant: Path, clips: Sequence[Clip], rounds: int = 5) -> float:
+    """The variant's CPU speed as a multiple of the fp32 graph's: both run every clip alone, interleaved
+    round by round (this machine's speed drifts over minutes); the median of the per-round ratios."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    from export.pipeline import ort_runner
+
+    runners = [ort_runner(fp32), ort_runner(variant)]
+    inputs = [(c.audio[None, :].astype(np.float32), np.array([c.audio.shape[0]], np.int64)) for c in clips]
+    for run in runners:  # warm-up
+        run(*inputs[0])
+    ratios = []
+    for _ in range(rounds):
+        walls = []
+        for run in runners:
+            started = time.perf_counter()
+            for audio, lengths in inputs:
+                run(audio, lengths)
+            walls.append(time.perf_counter() - started)
+        ratios.append(walls[0] / walls[1])
+    return round(statistics.median(ratios), 3)
+
+
+def cpu_name() -> str:
+    """The processor's model name and whether it has AVX-512 VNNI (int8's speed depends on it)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    return f"{name}{' with AVX-512 VNNI' if 'avx512_vnni' in info else ''}"

@@ -67,6 +67,11 @@ class Variant(_Frozen):
     kind: Literal["optimized", "fp16", "int8"]
     note: str
     parity: ParityReport
+    # Its speed on the export machine's CPU as a multiple of the fp32 graph's (> 1: faster), over the
+    # verification clips (median of interleaved single runs), and that CPU; None where not measured (fp16 is
+    # for GPUs).
+    cpu_speed_vs_fp32: float | None = None
+    measured_on: str = ""
 
 
 class FrontEndSpec(_Frozen):

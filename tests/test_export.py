@@ -202,7 +202,12 @@ def test_variants_are_verified_and_recorded(tiny_bpe: Exported, tmp_path: Path) 
     assert (tmp_path / int8.file).stat().st_size < (tmp_path / "model.onnx").stat().st_size
     assert int8.parity.clips == len(clips) and int8.parity.max_abs_logprob_diff > 0
     assert f"{int8.parity.identical_tokens}/{len(clips)} clips" in int8.note  # the figures travel with it
+    # its CPU speed against fp32 is measured on this machine and recorded with the CPU's name
+    for variant in (optimized, int8):
+        assert variant.cpu_speed_vs_fp32 is not None and 0.1 < variant.cpu_speed_vs_fp32 < 10
+        assert variant.measured_on and f"{variant.cpu_speed_vs_fp32:.2f}x the fp32 graph's speed" in variant.note
     fp16 = make_variant("fp16", tmp_path, "model.onnx", *args)
+    assert fp16.cpu_speed_vs_fp32 is None  # for GPUs: not measured on the CPU
     # measured on the whole segment and finite (random weights make it imprecise: recorded, not promised)
     assert fp16.parity.lengths_s[3] == 30.0 and 0 < fp16.parity.max_abs_logprob_diff < float("inf")
     import onnx

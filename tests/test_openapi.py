@@ -50,34 +50,26 @@ def exchanges(served: Server, broken: Server, tiny_bpe: Exported) -> list[Answer
     url, name = served.url, tiny_bpe.tag.split(":")[0]
     answers: list[Answer] = []
 
-    def ours(status: int, data: bytes, broken_one: bool = False, **fields: str) -> None:
+    def upload(path: str, field: str, status: int, data: bytes, broken_one: bool = False, **fields: Any) -> None:
         base = broken.url if broken_one else url
-        r = httpx.post(base + "/transcribe", files={"audio": ("a.wav", data)}, data=fields, timeout=120)
-        answers.append(("/transcribe", "post", status, r))
+        r = httpx.post(base + path, files={field: ("a.wav", data)}, data=fields, timeout=120)
+        answers.append((path, "post", status, r))
 
-    def theirs(status: int, data: bytes, broken_one: bool = False, **fields: Any) -> None:
-        base = broken.url if broken_one else url
-        r = httpx.post(base + "/v1/audio/transcriptions", files={"file": ("a.wav", data)}, data=fields, timeout=120)
-        answers.append(("/v1/audio/transcriptions", "post", status, r))
-
-    ours(200, speech_wav)
-    ours(200, speech_wav, timestamps="true")
-    for fmt in TEXT_FORMATS:
-        ours(200, speech_wav, response_format=fmt)
-    ours(400, speech_wav, model="whisper-1")
-    ours(413, too_long)
-    ours(415, b"plain words")
-    ours(422, short)
-    ours(503, speech_wav, broken_one=True)
-    theirs(200, speech_wav)
-    theirs(200, speech_wav, response_format="verbose_json", **{"timestamp_granularities[]": ["word", "segment"]})
-    for fmt in TEXT_FORMATS:
-        theirs(200, speech_wav, response_format=fmt)
-    theirs(400, speech_wav, response_format="xml")
-    theirs(413, too_long)
-    theirs(415, b"plain words")
-    theirs(422, short)
-    theirs(503, speech_wav, broken_one=True)
+    for path, field, bad_field in (
+        ("/transcribe", "audio", {"model": "whisper-1"}),
+        ("/v1/audio/transcriptions", "file", {"response_format": "xml"}),
+    ):
+        upload(path, field, 200, speech_wav)
+        for fmt in TEXT_FORMATS:
+            upload(path, field, 200, speech_wav, response_format=fmt)
+        upload(path, field, 400, speech_wav, **bad_field)
+        upload(path, field, 413, too_long)
+        upload(path, field, 415, b"plain words")
+        upload(path, field, 422, short)
+        upload(path, field, 503, speech_wav, broken_one=True)
+    upload("/transcribe", "audio", 200, speech_wav, timestamps="true")
+    granularities = {"timestamp_granularities[]": ["word", "segment"]}
+    upload("/v1/audio/transcriptions", "file", 200, speech_wav, response_format="verbose_json", **granularities)
     for path, field in (("/transcribe", "audio"), ("/v1/audio/transcriptions", "file")):
         answers += [(path, "post", r.status_code, r) for r in asyncio.run(busy(url + path, field, long_noise))]
 
