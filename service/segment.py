@@ -52,11 +52,9 @@ def split(samples: npt.NDArray[np.float32], max_samples: int, rate: int, min_pau
 
 
 def frame_energy(samples: npt.NDArray[np.float32], frame: int) -> npt.NDArray[np.float64]:
-    """Mean square of each `frame`-long window, summed in float64 without a float64 copy of the audio: for a
-    10-minute file that copy is 77 MB of fresh pages, 1.4 s of page faults on a 2-core VM against 0.01 s."""
     n = samples.shape[0] // frame
-    windows = samples[: n * frame].reshape(n, frame)
-    energy: npt.NDArray[np.float64] = np.einsum("ij,ij->i", windows, windows, dtype=np.float64) / frame
+    windows = samples[: n * frame].astype(np.float64).reshape(n, frame)
+    energy: npt.NDArray[np.float64] = (windows**2).mean(axis=1)
     return energy
 
 

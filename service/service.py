@@ -364,10 +364,7 @@ class Transcriber:
             raise AudioTooShort(
                 f"audio lasts {decoded.duration_s * 1000:.1f} ms, less than one model step ({shift_ms:g} ms)"
             )
-        # in a worker thread: cutting an hour of audio must not hold up the event loop (other requests, probes)
-        segments = await anyio.to_thread.run_sync(
-            split, decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s
-        )
+        segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
         try:
             raw = await self._recognize(served, [s.samples for s in segments])
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
