@@ -97,8 +97,8 @@ def vtt(transcript: Transcript) -> str:
 
 
 def openai_verbose(transcript: Transcript, language: str, words: bool, segments: bool) -> dict[str, Any]:
-    """OpenAI's verbose_json. Fields we cannot estimate are stated, not invented: no_speech_prob is 0.0 and
-    temperature 0.0 (greedy decoding); tokens are the model's own token ids."""
+    """OpenAI's verbose_json. Fields we cannot estimate are stated, not invented: no_speech_prob comes from the
+    VAD (0.0 without it), temperature is 0.0 (greedy decoding); tokens are the model's own token ids."""
     body: dict[str, Any] = {
         "task": "transcribe",
         "language": language,
@@ -117,7 +117,7 @@ def openai_verbose(transcript: Transcript, language: str, words: bool, segments:
                 "temperature": 0.0,
                 "avg_logprob": round(s.avg_logprob, 4),
                 "compression_ratio": _compression_ratio(s.text),
-                "no_speech_prob": 0.0,
+                "no_speech_prob": s.no_speech_prob if s.no_speech_prob is not None else 0.0,
             }
             for i, s in enumerate(transcript.segments)
         ]

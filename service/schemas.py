@@ -18,6 +18,15 @@ class SegmentSpan(BaseModel):
     start: float = Field(description="seconds from the start of the audio")
     end: float = Field(description="seconds from the start of the audio")
     text: str = Field(description="this segment's own transcript")
+    no_speech_prob: float | None = Field(
+        default=None,
+        description="1 - the highest speech probability the VAD gave any 32 ms of the segment (absent with "
+        "ASR_SEGMENTER=energy)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unknown(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_none(handler(self), "no_speech_prob")
 
 
 class Transcription(BaseModel):
@@ -29,16 +38,25 @@ class Transcription(BaseModel):
     model: str = Field(description="store tag of the model that transcribed it")
     language: str
     segments: list[SegmentSpan] = Field(
-        description="the pieces the audio was transcribed in: one, unless it was longer than a segment"
+        description="the pieces the audio was transcribed in: one, unless it was longer than a segment; with "
+        "the VAD, stretches without speech between them were not transcribed"
     )
     words: list[Word] | None = Field(default=None, description="only when timestamps=true (absent otherwise)")
+    speech_s: float | None = Field(
+        default=None, description="seconds of speech the VAD found in the audio (absent with ASR_SEGMENTER=energy)"
+    )
 
     @model_serializer(mode="wrap")
     def _leave_out_words_not_asked_for(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("words") is None:
-            data.pop("words", None)
-        return data
+        return _without_none(handler(self), "words", "speech_s")
+
+
+def _without_none(data: dict[str, Any], *names: str) -> dict[str, Any]:
+    """Optional fields are left out, never `null`: BentoML's clients read the schema's type and fail on a null."""
+    for name in names:
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
 
 
 class ErrorBody(BaseModel):
@@ -77,7 +95,10 @@ class OpenAISegment(BaseModel):
     temperature: float = Field(description="always 0.0: decoding is greedy")
     avg_logprob: float
     compression_ratio: float
-    no_speech_prob: float = Field(description="always 0.0: not estimated")
+    no_speech_prob: float = Field(
+        description="1 - the highest speech probability the VAD gave any 32 ms of the segment (0.0, not "
+        "estimated, with ASR_SEGMENTER=energy)"
+    )
 
 
 class OpenAIWord(BaseModel):

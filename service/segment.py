@@ -1,15 +1,23 @@
-"""Cut audio longer than one segment into utterances at its pauses, never cutting a word where a pause is near.
+"""Cut audio longer than one segment into utterances, never inside a word where a pause is near.
 
-Audio no longer than one segment is never cut (so its transcript is exactly NeMo's). Longer audio is cut at
-the centre of every pause of at least `min_pause_s` (a run of 20-ms windows whose energy is near the
-recording's own floor), so that each segment is one utterance; a stretch still longer than a segment
-(speech with no pause) is cut at its quietest window within the last quarter of each segment.
+Audio no longer than one segment is never cut (so its transcript is exactly NeMo's). Longer audio is cut one
+of two ways (ASR_SEGMENTER):
+- `split_speech` (vad): by the speech probability of every 32-ms window (service/vad.py). Speech regions,
+  widened by `pad_s` on each side, become segments; regions closer than MERGE_GAP_S share a segment while it
+  stays within the limit; what lies between segments (silence, music, noise) is not sent to the model. A
+  region longer than a segment is cut at its least speech-like window within the last quarter of each segment.
+- `split` (energy): at the centre of every pause of at least `min_pause_s` (a run of 20-ms windows whose
+  energy is near the recording's own floor); a stretch still longer than a segment (speech with no pause) is
+  cut at its quietest window within the last quarter of each segment. Nothing is skipped.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,10 +30,152 @@ FLOOR_FACTOR = 4.0  # a window is quiet below 4x (+6 dB) the floor ...
 ABSOLUTE_QUIET = 1e-8  # ... or below -80 dBFS
 
 
+# Silero's own defaults for turning probabilities into speech regions (utils_vad.get_speech_timestamps)
+SPEECH_THRESHOLD = 0.5  # a region starts at a window this likely to be speech ...
+SILENCE_THRESHOLD = 0.35  # ... and ends where windows stay below this ...
+MIN_SILENCE_S = 0.1  # ... for this long
+MIN_SPEECH_S = 0.25  # shorter regions are dropped (clicks, coughs)
+# A region longer than a segment is cut where (speech probability + PROB_FLOOR) x energy, both averaged over
+# SMOOTH_WINDOWS (290 ms), is lowest: in babble every window is speech to the VAD, and a pause between the
+# speaker's own sentences is still quieter.
+SMOOTH_WINDOWS = 9
+PROB_FLOOR = 0.05
+MERGE_GAP_S = 1.0  # regions (padded) at most this far apart share a segment: context for the model
+
+
 @dataclass(frozen=True)
 class Segment:
     start: int  # first sample, in the whole audio
     samples: npt.NDArray[np.float32]
+    no_speech_prob: float | None = None  # from the VAD: 1 - the highest speech probability within the segment
+
+
+@dataclass(frozen=True)
+class SpeechMap:
+    """A VAD's verdict on a recording: the speech probability of each window."""
+
+    probs: npt.NDArray[np.float32]
+    window: float  # samples per probability, at the audio's rate (512 at the VAD's 16 kHz)
+    rate: int  # the audio's sample rate
+
+    def regions(self) -> list[tuple[int, int]]:
+        """[start, end) samples of each speech region, unpadded."""
+        seconds = self.window / self.rate
+        found = _regions(self.probs, max(1, round(MIN_SILENCE_S / seconds)), max(1, round(MIN_SPEECH_S / seconds)))
+        return [(round(lo * self.window), round(hi * self.window)) for lo, hi in found]
+
+    def speech_s(self) -> float:
+        return sum(hi - lo for lo, hi in self.regions()) / self.rate
+
+    def no_speech_prob(self, start: int, end: int) -> float:
+        """1 - the highest speech probability of a window overlapping samples [start, end)."""
+        lo = int(start // self.window)
+        inside = self.probs[lo : max(lo + 1, math.ceil(end / self.window))]
+        return round(1.0 - float(inside.max()), 4) if inside.size else 1.0
+
+
+def _regions(probs: npt.NDArray[np.float32], min_silence: int, min_speech: int) -> list[tuple[int, int]]:
+    """[first, last) windows of each region, by Silero's hysteresis: a region starts at a window of at least
+    SPEECH_THRESHOLD and ends where `min_silence` windows in a row stay below SILENCE_THRESHOLD."""
+    speech = probs >= SPEECH_THRESHOLD
+    silence = probs < SILENCE_THRESHOLD
+    found: list[tuple[int, int]] = []
+    start = -1  # in a region since this window, or -1
+    quiet_since = -1  # the current run of silence in a region began here, or -1
+    for i in range(probs.shape[0]):
+        if start < 0:
+            if speech[i]:
+                start, quiet_since = i, -1
+        elif silence[i]:
+            quiet_since = i if quiet_since < 0 else quiet_since
+            if i + 1 - quiet_since >= min_silence:
+                found.append((start, quiet_since))
+                start = -1
+        else:
+            quiet_since = -1
+    if start >= 0:
+        found.append((start, probs.shape[0]))
+    return [(lo, hi) for lo, hi in found if hi - lo >= min_speech]
+
+
+def split_speech(samples: npt.NDArray[np.float32], speech: SpeechMap, max_samples: int, pad_s: float) -> list[Segment]:
+    """Segments of at most `max_samples` holding every speech region (widened by `pad_s`), in order; the audio
+    between them is left out. Audio no longer than one segment is one segment, whole."""
+    if max_samples <= 0:
+        raise ValueError("max_samples must be positive")
+    total = samples.shape[0]
+    if total <= max_samples:
+        return [Segment(0, samples, speech.no_speech_prob(0, total))]
+    pad, gap = round(pad_s * speech.rate), round(MERGE_GAP_S * speech.rate)
+    spans: list[list[int]] = []  # padded regions, overlapping ones joined
+    for lo, hi in speech.regions():
+        lo, hi = max(0, lo - pad), min(total, hi + pad)
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    pieces: list[tuple[int, int]] = []  # every span cut to at most a segment at its least speech-like point
+    for lo, hi in spans:
+        while hi - lo > max_samples:
+            cut = _least_speech_point(samples, speech, lo, max_samples)
+            pieces.append((lo, cut))
+            lo = cut
+        pieces.append((lo, hi))
+    bounds: list[tuple[int, int]] = []  # near pieces share a segment while it stays within the limit
+    for lo, hi in pieces:
+        if bounds and lo - bounds[-1][1] <= gap and hi - bounds[-1][0] <= max_samples:
+            bounds[-1] = (bounds[-1][0], hi)
+        else:
+            bounds.append((lo, hi))
+    return [Segment(lo, samples[lo:hi], speech.no_speech_prob(lo, hi)) for lo, hi in bounds]
+
+
+def _least_speech_point(samples: npt.NDArray[np.float32], speech: SpeechMap, start: int, max_samples: int) -> int:
+    """Centre of the least speech-like window in the last quarter (at most MAX_SEARCH_S) of the segment that
+    starts at `start`: where the speech probability times the energy, both averaged over SMOOTH_WINDOWS, is
+    lowest."""
+    search = max(1, min(int(max_samples * SEARCH_FRACTION), int(MAX_SEARCH_S * speech.rate)))
+    end = start + max_samples
+    lo, hi = math.ceil((end - search) / speech.window), int(end // speech.window)  # windows wholly inside
+    if hi <= lo:
+        return end
+    smooth = _moving_average(speech.probs[lo:hi])
+    bounds = np.round(np.arange(lo, hi + 1) * speech.window).astype(np.int64)
+    power = samples[bounds[0] : bounds[-1]].astype(np.float32) ** 2
+    energy = _moving_average(np.add.reduceat(power, bounds[:-1] - bounds[0]) / np.diff(bounds))
+    best = lo + int(np.argmin((smooth + PROB_FLOOR) * energy))
+    return int(min(end, max(start + 1, round((best + 0.5) * speech.window))))
+
+
+def _moving_average(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    """Mean over SMOOTH_WINDOWS centred on each value (fewer at the ends: no zero padding to attract a cut)."""
+    kernel = np.ones(SMOOTH_WINDOWS)
+    sums = np.convolve(values.astype(np.float64), kernel, mode="same")
+    counts = np.convolve(np.ones(values.shape[0]), kernel, mode="same")
+    averaged: npt.NDArray[np.float64] = sums / counts
+    return averaged
+
+
+def cut_by_speech(
+    samples: npt.NDArray[np.float32],
+    rate: int,
+    max_samples: int,
+    pad_s: float,
+    vad: VAD,
+    stop: Callable[[], bool] = lambda: False,
+) -> tuple[list[Segment], SpeechMap]:
+    """Run the VAD over the audio (at its own rate, 16 kHz) and cut by its verdict (split_speech)."""
+    import soxr
+
+    from service.vad import RATE, WINDOW
+
+    heard = samples if rate == RATE else np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
+    speech = SpeechMap(vad.probabilities(heard, stop), WINDOW * rate / RATE, rate)
+    return split_speech(samples, speech, max_samples, pad_s), speech
+
+
+class VAD(Protocol):
+    def probabilities(self, samples: npt.NDArray[np.float32], stop: Callable[[], bool]) -> npt.NDArray[np.float32]: ...
 
 
 def split(samples: npt.NDArray[np.float32], max_samples: int, rate: int, min_pause_s: float = 0.3) -> list[Segment]:

@@ -243,6 +243,12 @@ class Transcriber:
             SETTINGS.require_mono,
             SETTINGS.max_decoded_mb,
         )
+        # The VAD that cuts long audio (ASR_SEGMENTER=vad), in this process, one thread per request
+        self.vad = None
+        if SETTINGS.segmenter == "vad":
+            from service.vad import SileroVAD
+
+            self.vad = SileroVAD()
         # One line per request (service/http.py), under BentoML's logging set-up (done before this runs)
         REQUEST_LOG.disabled = False
         REQUEST_LOG.setLevel(logging.INFO)
@@ -310,8 +316,12 @@ class Transcriber:
             duration_s=round(transcript.duration_s, 3),
             model=served.tag,
             language=served.language,
-            segments=[SegmentSpan(start=s.start, end=s.end, text=s.text) for s in transcript.segments],
+            segments=[
+                SegmentSpan(start=s.start, end=s.end, text=s.text, no_speech_prob=s.no_speech_prob)
+                for s in transcript.segments
+            ],
             words=words,
+            speech_s=transcript.speech_s,
         )
         if _media(ctx).startswith(BENTOML_INTERNAL):
             return result  # BentoML pickles it for the parent service
@@ -340,7 +350,7 @@ class Transcriber:
         import anyio
 
         from service.audio import decode
-        from service.segment import split
+        from service.segment import cut_by_speech, split
         from service.transcript import assemble
 
         if not self._recognizer_ready:
@@ -351,20 +361,34 @@ class Transcriber:
         started = time.monotonic()
         stop = threading.Event()
         try:
-            # abandon_on_cancel: a cancelled request (client gone, timeout) does not wait for its decoding,
-            # which stops at its next block
+            # abandon_on_cancel: a cancelled request (client gone, timeout) does not wait for its decoding or
+            # its VAD, which stop at their next block
             decoded = await anyio.to_thread.run_sync(
                 decode, data, rate, self.limits, stop.is_set, abandon_on_cancel=True
             )
+            if decoded.samples.shape[0] < manifest.frame_shift_s * rate:
+                shift_ms = manifest.frame_shift_s * 1000
+                raise AudioTooShort(
+                    f"audio lasts {decoded.duration_s * 1000:.1f} ms, less than one model step ({shift_ms:g} ms)"
+                )
+            speech_s = None
+            if self.vad is None:
+                segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
+            else:
+                segments, speech = await anyio.to_thread.run_sync(
+                    cut_by_speech,
+                    decoded.samples,
+                    rate,
+                    served.segment_samples,
+                    SETTINGS.vad_pad_s,
+                    self.vad,
+                    stop.is_set,
+                    abandon_on_cancel=True,
+                )
+                speech_s = round(speech.speech_s(), 3)
         except BaseException:
             stop.set()
             raise
-        if decoded.samples.shape[0] < manifest.frame_shift_s * rate:
-            shift_ms = manifest.frame_shift_s * 1000
-            raise AudioTooShort(
-                f"audio lasts {decoded.duration_s * 1000:.1f} ms, less than one model step ({shift_ms:g} ms)"
-            )
-        segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
         try:
             raw = await self._recognize(served, [s.samples for s in segments])
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
@@ -381,7 +405,10 @@ class Transcriber:
         failed = next((r.error for r in results if r.error), "")
         if failed:
             raise RecognizerUnavailable(f"{failed}; retry shortly")
-        transcript = assemble(segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s)
+        total = decoded.samples.shape[0]
+        transcript = assemble(
+            segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s, total, speech_s
+        )
         elapsed = time.monotonic() - started
         metrics.AUDIO_SECONDS.labels(model=served.name).inc(decoded.duration_s)
         metrics.PROCESSING_SECONDS.labels(model=served.name).observe(elapsed)
@@ -415,6 +442,8 @@ class Transcriber:
                 await asyncio.sleep(0.05)
                 return list(await remote(batch))
 
+        if not segments:  # the VAD heard no speech in a long recording
+            return []
         if len(segments) <= SEGMENTS_IN_FLIGHT:
             return await infer(segments)
         window = asyncio.Semaphore(SEGMENTS_IN_FLIGHT)

@@ -40,8 +40,14 @@ class Settings:
     # Longest piece of audio sent to the model at once; longer audio is cut at quiet points. 0: the model's
     # own limit (max_segment_s in the manifest). Audio up to this length is transcribed exactly as NeMo does.
     segment_s: float = 30.0
-    # Audio longer than a segment is cut at the centre of every pause at least this long (one utterance per
-    # segment); an utterance longer than a segment is cut at its quietest point.
+    # How audio longer than a segment is cut: vad (Silero VAD: segments hold the speech, with `vad_pad_s` around
+    # it; silence, music and noise between them are not sent to the model) or energy (at quiet points; all of
+    # the audio is sent).
+    segmenter: str = "vad"
+    # Seconds of audio kept before and after each stretch of speech the VAD finds.
+    vad_pad_s: float = 0.25
+    # energy: audio longer than a segment is cut at the centre of every pause at least this long (one
+    # utterance per segment); an utterance longer than a segment is cut at its quietest point.
     min_pause_s: float = 0.3
     # Containers accepted, as soundfile names (WAV, FLAC, OGG, MP3, ...); empty: anything soundfile decodes.
     formats: tuple[str, ...] = ()
@@ -96,6 +102,8 @@ class Settings:
 
         if self.device not in ("auto", "cpu", "cuda"):
             raise bad("device", "use auto, cpu or cuda")
+        if self.segmenter not in ("vad", "energy"):
+            raise bad("segmenter", "use vad or energy")
         if self.variant not in ("", "optimized", "int8", "fp16"):
             raise bad("variant", "use optimized, int8, fp16 or leave it empty")
         if any(not t or " " in t for t in self.model_tags):
@@ -112,7 +120,7 @@ class Settings:
         for name, rule in positive.items():
             if not getattr(self, name) > 0:
                 raise bad(name, rule)
-        for name in ("min_duration_s", "segment_s", "ort_threads", "require_sample_rate"):
+        for name in ("min_duration_s", "segment_s", "ort_threads", "require_sample_rate", "vad_pad_s"):
             if getattr(self, name) < 0:
                 raise bad(name, "must not be negative")
         if self.min_duration_s > self.max_duration_s:

@@ -41,6 +41,7 @@ class SegmentText:
     words: list[TimedWord]
     token_ids: list[int]
     avg_logprob: float  # mean log of the tokens' probabilities (0 without tokens)
+    no_speech_prob: float | None = None  # from the VAD (None: not estimated)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Transcript:
     text: str
     duration_s: float
     segments: list[SegmentText]
+    speech_s: float | None = None  # seconds of speech the VAD found (None: not estimated)
 
     @property
     def words(self) -> list[TimedWord]:
@@ -92,16 +94,21 @@ def assemble(
     frame_shift_s: float,
     rate: int,
     duration_s: float,
+    total: int | None = None,
+    speech_s: float | None = None,
 ) -> Transcript:
     """One segment: the text is exactly NeMo's. Several: each segment's text, stripped, joined by spaces.
     Every time is in milliseconds' precision and within one duration: the audio's as sent, rounded to the ms
-    (resampling can make the model-rate length differ from it in the sixth decimal)."""
+    (resampling can make the model-rate length differ from it in the sixth decimal), and a segment that ends
+    where the audio's `total` samples do ends at that duration (without `total`: the last segment)."""
     duration_s = round(duration_s, 3)
     parts = []
     for seg, res in zip(segments, results, strict=True):
         start = min(duration_s, round(seg.start / rate, 3))
-        end = min(duration_s, round((seg.start + seg.samples.shape[0]) / rate, 3))
-        if seg is segments[-1]:
+        stop = seg.start + seg.samples.shape[0]
+        end = min(duration_s, round(stop / rate, 3))
+        reaches_end = (stop == total) if total is not None else (seg is segments[-1])
+        if reaches_end:
             end = duration_s
         logs = [math.log(max(p, 1e-12)) for p in res.probability]
         parts.append(
@@ -112,7 +119,8 @@ def assemble(
                 words=segment_words(res, detok, frame_shift_s, start, end),
                 token_ids=list(res.token_ids),
                 avg_logprob=sum(logs) / len(logs) if logs else 0.0,
+                no_speech_prob=seg.no_speech_prob,
             )
         )
     text = parts[0].text if len(parts) == 1 else " ".join(p.text.strip() for p in parts if p.text.strip())
-    return Transcript(text=text, duration_s=duration_s, segments=parts)
+    return Transcript(text=text, duration_s=duration_s, segments=parts, speech_s=speech_s)

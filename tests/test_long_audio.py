@@ -29,8 +29,16 @@ PAUSE_S = 0.8
 
 @pytest.fixture(scope="module")
 def server(tiny_char: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"ASR_MODEL": tiny_char.tag, "ASR_DEVICE": "cpu", "ASR_TIMEOUT_S": "600"}
+    """Cutting by energy: every pause cuts, all audio is sent (the VAD's server is below)."""
+    env = {"ASR_MODEL": tiny_char.tag, "ASR_DEVICE": "cpu", "ASR_TIMEOUT_S": "600", "ASR_SEGMENTER": "energy"}
     with Server(env, tmp_path_factory.mktemp("long") / "server.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def vad_server(tiny_char: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"ASR_MODEL": tiny_char.tag, "ASR_DEVICE": "cpu", "ASR_SEGMENT_S": "10"}  # the VAD by default
+    with Server(env, tmp_path_factory.mktemp("vad") / "server.log") as s:
         yield s
 
 
@@ -135,6 +143,51 @@ def test_memory_does_not_grow_with_the_square(
     # Flat, as the README says: 20x the audio of the 30-s file in the same memory (at most 4 segments of a
     # request in the recognizer at once; a square law would need 400x the attention memory)
     assert peak_ten < peak_short * 1.1 and peak_long < peak_short * 1.1
+
+
+def test_vad_sends_speech_only_with_absolute_times(vad_server: Server, tiny_char: Exported, tmp_path: Path) -> None:
+    """Sentences, 15 s of music-like tones (no speech), more sentences: the segments hold the sentences only,
+    their times are where their audio is in the file (NeMo on each segment's own stretch of the file says
+    exactly its text), and the answers carry speech_s and per-segment no_speech_prob."""
+    from demo import augment as aug
+
+    first, _ = speech.joined(speech.SENTENCES[:4], pause_s=0.6)
+    second, _ = speech.joined(speech.SENTENCES[2:], pause_s=0.6)
+    music = (0.05 * aug.tones(15 * RATE, np.random.default_rng(3))).astype(np.float32)
+    audio = np.concatenate([first, music, second])
+    gap = (first.shape[0] / RATE, (first.shape[0] + music.shape[0]) / RATE)
+    wav = encode(audio, RATE)
+    files = {"audio": ("a.wav", wav, "audio/wav")}
+    r = httpx.post(vad_server.url + "/transcribe", files=files, data={"timestamps": "true"}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    segments = body["segments"]
+    assert len(segments) >= 2 and all(s["end"] - s["start"] <= 10.0 for s in segments)
+    assert all(s["end"] <= gap[0] + 1.0 or s["start"] >= gap[1] - 1.0 for s in segments)  # the music is not sent
+    assert 10 < body["speech_s"] < body["duration_s"] - 14
+    assert all(0 <= s["no_speech_prob"] < 0.5 for s in segments)
+    assert all(any(s["start"] <= w["start"] <= w["end"] <= s["end"] for s in segments) for w in body["words"])
+    paths = []
+    decoded, _ = sf.read(io.BytesIO(wav), dtype="float32")
+    for i, seg in enumerate(segments):
+        path = tmp_path / f"seg{i}.wav"
+        sf.write(path, decoded[round(seg["start"] * RATE) : round(seg["end"] * RATE)], RATE, subtype="FLOAT")
+        paths.append(str(path))
+    hyps = tiny_char.model.transcribe(paths, batch_size=8, return_hypotheses=True, verbose=False)
+    assert [s["text"] for s in segments] == [h.text for h in hyps]
+    name = tiny_char.tag.split(":")[0]
+    data = {"model": name, "response_format": "verbose_json"}
+    verbose = httpx.post(vad_server.url + "/v1/audio/transcriptions", files={"file": files["audio"]}, data=data)
+    assert [s["no_speech_prob"] for s in verbose.json()["segments"]] == [s["no_speech_prob"] for s in segments]
+
+
+def test_energy_cutting_reports_no_vad_figures(server: Server, tiny_char: Exported) -> None:
+    wav = encode(speech.joined(speech.SENTENCES, pause_s=0.6)[0], RATE)
+    body = httpx.post(server.url + "/transcribe", files={"audio": ("a.wav", wav)}, timeout=60).json()
+    assert "speech_s" not in body and all("no_speech_prob" not in s for s in body["segments"])
+    data = {"model": tiny_char.tag.split(":")[0], "response_format": "verbose_json"}
+    verbose = httpx.post(server.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data).json()
+    assert [s["no_speech_prob"] for s in verbose["segments"]] == [0.0] * len(body["segments"])
 
 
 def test_subtitles_parse(server: Server, long_file: tuple[bytes, list[tuple[float, float]]]) -> None:

@@ -86,6 +86,8 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     assert "onnxruntime-gpu" in names and all("==" in line for line in requirements.splitlines() if line.strip())
     files = {p.relative_to(path / "src").as_posix() for p in (path / "src").rglob("*") if p.is_file()}
     assert "service/service.py" in files and not any(f.startswith(("tests/", "export/")) for f in files)
+    # the VAD's graph and Silero's licence travel with it (its source graph, in export/, does not)
+    assert {"service/silero_vad/silero_vad_batched.onnx", "service/silero_vad/LICENSE"} <= files
     spec = yaml.safe_load((path / "bento.yaml").read_text())
     tags = {m["tag"] for s in spec["services"] for m in s.get("models", [])}
     assert tags == set(models.split(",")) and spec["args"]["models"] == models

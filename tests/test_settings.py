@@ -48,6 +48,8 @@ def test_several_models_keep_their_order_and_case() -> None:
         ("ASR_MAX_DECODED_MB", "0"),
         ("ASR_SEGMENT_S", "-30"),
         ("ASR_MIN_PAUSE_S", "0"),
+        ("ASR_SEGMENTER", "neural"),
+        ("ASR_VAD_PAD_S", "-0.1"),
         ("ASR_BATCH_MAX_LATENCY_MS", "0"),
         ("ASR_ORT_THREADS", "-1"),
         ("ASR_REQUIRE_SAMPLE_RATE", "-16000"),

@@ -1,0 +1,70 @@
+"""Speech probability of every 32-ms window of a recording, by Silero VAD (v6, its 16 kHz sequence model).
+
+The graph is Silero's weights laid out by export/vad.py so that each layer is one GEMM over all windows of a
+block (Silero's own graph loops over the windows: 3.4x slower); the STFT it starts from is numpy's real FFT.
+The audio is read in blocks of `BLOCK_WINDOWS` with the LSTM state carried over, so the result equals one pass
+of Silero's graph over the whole file, and a caller's stop() is checked between blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+RATE = 16000  # the model's sample rate
+WINDOW = 512  # samples per probability: 32 ms
+CONTEXT = 64  # each window is read with the 64 samples before it
+FRAME, HOP = 256, 128  # Silero's STFT: 256-sample frames every 128 samples, the four of them within a window
+BLOCK_WINDOWS = 1024  # ~33 s of audio per ONNX Runtime call
+MODEL_FILE = Path(__file__).with_name("silero_vad") / "silero_vad_batched.onnx"
+
+
+class SileroVAD:
+    """One ONNX Runtime session on the CPU: the VAD is a small sequential LSTM, faster there than on a GPU."""
+
+    def __init__(self, path: Path = MODEL_FILE, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = ({i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()})
+        if names != ({"magnitude", "h", "c"}, {"speech_probs", "hn", "cn"}):
+            raise ValueError(f"{path} is not the VAD graph export/vad.py writes: {names}")
+        self.window = np.hanning(FRAME + 1)[:-1].astype(np.float32)  # periodic Hann, as in Silero's STFT basis
+
+    def probabilities(
+        self, samples: npt.NDArray[np.float32], stop: Callable[[], bool] = lambda: False
+    ) -> npt.NDArray[np.float32]:
+        """Speech probability of each 512-sample window of 16 kHz audio (the last one zero-padded)."""
+        total = samples.shape[0]
+        n = -(-total // WINDOW)
+        state = np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)
+        out = np.empty(n, np.float32)
+        for lo in range(0, n, BLOCK_WINDOWS):
+            if stop():
+                raise InterruptedError("stopped")
+            hi = min(n, lo + BLOCK_WINDOWS)
+            # the block's windows and the 64 samples before them: zeros before the start and after the end
+            first = lo * WINDOW - CONTEXT
+            block = np.zeros((hi - lo) * WINDOW + CONTEXT, np.float32)
+            held = samples[max(0, first) : min(total, hi * WINDOW)]
+            block[max(0, -first) : max(0, -first) + held.shape[0]] = held
+            feeds = {"magnitude": self._magnitude(block), "h": state[0], "c": state[1]}
+            probs, h, c = self.session.run(["speech_probs", "hn", "cn"], feeds)
+            out[lo:hi], state = probs, (h, c)
+        return out
+
+    def _magnitude(self, block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """|STFT| of every window, [windows, 4 frames x 129 bins]. A window is its 576 samples (64 of context)
+        reflected by 64 at its end, as Silero pads it; Silero also drops the frame over its left padding."""
+        windows = np.lib.stride_tricks.sliding_window_view(block, WINDOW + CONTEXT)[::WINDOW]
+        padded = np.concatenate([windows, windows[:, -2 : -2 - CONTEXT : -1]], axis=1)
+        frames = np.lib.stride_tricks.sliding_window_view(padded, FRAME, axis=1)[:, ::HOP] * self.window
+        magnitude: npt.NDArray[np.float32] = np.abs(np.fft.rfft(frames, axis=2)).reshape(frames.shape[0], -1)
+        return magnitude

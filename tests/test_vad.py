@@ -1,0 +1,206 @@
+"""Silero VAD: the shipped graph computes what Silero's own graph does, and long audio is cut by its verdict."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from demo import augment as aug
+from demo.speech import trim
+from service import vad as vad_module
+from service.segment import SpeechMap, cut_by_speech, split_speech
+from service.vad import CONTEXT, WINDOW, SileroVAD
+from tests import speech
+
+RATE = 16000
+SILERO = vad_module.MODEL_FILE.parents[2] / "export" / "silero_vad" / "silero_vad_16k_sequence.onnx"
+needs_speech = pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")
+
+
+@pytest.fixture(scope="module")
+def vad() -> SileroVAD:
+    return SileroVAD()
+
+
+def silero(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Silero's own sequence graph over the whole audio in one call: 512-sample windows with 64 of context."""
+    n = -(-samples.shape[0] // WINDOW)
+    audio = np.zeros(CONTEXT + n * WINDOW, np.float32)
+    audio[CONTEXT : CONTEXT + samples.shape[0]] = samples
+    windows = np.lib.stride_tricks.sliding_window_view(audio, WINDOW + CONTEXT)[::WINDOW][:n]
+    session = ort.InferenceSession(str(SILERO), providers=["CPUExecutionProvider"])
+    state = np.zeros((1, 1, 128), np.float32)
+    probs: npt.NDArray[np.float32] = session.run(["speech_probs"], {"input": windows, "h": state, "c": state})[0]
+    return probs
+
+
+def sentences_with_gaps(gap: Callable[[int], npt.NDArray[np.float32]]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The test sentences twice (trimmed to their sound), 0.6 s apart, with `gap(n)` (n samples) after the
+    sixth; spans in samples."""
+    parts: list[npt.NDArray[np.float32]] = [np.zeros(RATE // 2, np.float32)]
+    spans, t = [], RATE // 2
+    for i, text in enumerate(speech.SENTENCES * 2):
+        said = trim(speech.hindi(text))
+        pause = gap(12 * RATE) if i == 5 else np.zeros(int(0.6 * RATE), np.float32)
+        spans.append((t, t + said.shape[0]))
+        parts += [said, pause]
+        t += said.shape[0] + pause.shape[0]
+    return np.concatenate(parts), spans
+
+
+@needs_speech
+def test_shipped_graph_equals_silero(vad: SileroVAD, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Speech, noise and silence, not a whole number of windows, over several blocks (state carried across)."""
+    monkeypatch.setattr(vad_module, "BLOCK_WINDOWS", 100)
+    audio = np.concatenate([speech.hindi(speech.SENTENCES[1]), speech.noise(2.0, 3), np.zeros(RATE, np.float32)])
+    audio = np.concatenate([audio, speech.hindi(speech.SENTENCES[2])])[:-123]
+    ours, theirs = vad.probabilities(audio), silero(audio)
+    assert ours.shape == theirs.shape == (-(-audio.shape[0] // WINDOW),) and ours.shape[0] > 200
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)  # float32 FFT against their DFT matrix: ~1e-5
+    assert ours.max() > 0.9 and ours.min() < 0.1  # it heard both speech and its absence
+
+
+def test_shipped_graph_is_what_export_builds() -> None:
+    from export.vad import TARGET, batched
+
+    assert TARGET == vad_module.MODEL_FILE and TARGET.read_bytes() == batched()
+    assert (TARGET.parent / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_stop_is_checked_between_blocks(vad: SileroVAD, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vad_module, "BLOCK_WINDOWS", 10)
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(InterruptedError):
+        vad.probabilities(np.zeros(100 * WINDOW, np.float32), stop)
+    assert len(asked) == 4  # three blocks ran, the fourth was not started
+
+
+def probs_of(pattern: list[tuple[float, float]]) -> npt.NDArray[np.float32]:
+    """Probabilities from (seconds, probability) runs, one per 32-ms window."""
+    return np.concatenate([np.full(round(s * RATE / WINDOW), p, np.float32) for s, p in pattern])
+
+
+def test_regions_follow_silero_hysteresis() -> None:
+    probs = probs_of([(1, 0.1), (2, 0.9), (0.064, 0.2), (1, 0.4), (0.5, 0.1), (0.16, 0.9), (1, 0.1), (1, 0.6)])
+    regions = SpeechMap(probs, WINDOW, RATE).regions()
+    w = WINDOW
+    # a 64-ms dip does not end speech, nor do windows between the thresholds (0.4); a 160-ms blip is dropped;
+    # speech running to the end ends there
+    assert regions == [(31 * w, (31 + 62 + 2 + 31) * w), ((len(probs) - 31) * w, len(probs) * w)]
+
+
+def test_short_audio_is_one_whole_segment() -> None:
+    audio = np.random.default_rng(0).standard_normal(5 * RATE).astype(np.float32)
+    speech_map = SpeechMap(probs_of([(2, 0.02), (3, 0.8)])[: -(-audio.shape[0] // WINDOW)], WINDOW, RATE)
+    (only,) = split_speech(audio, speech_map, 5 * RATE, 0.25)
+    assert only.start == 0 and only.samples is audio and only.no_speech_prob == pytest.approx(0.2, abs=1e-6)
+
+
+def test_long_audio_keeps_speech_and_skips_the_rest() -> None:
+    # speech 1-4 s and 4.5-8 s (0.5 s apart: one segment), 8-20 s nothing, speech 20-23 s, silence to 30 s
+    probs = probs_of([(1, 0.05), (3, 0.95), (0.5, 0.1), (3.5, 0.97), (12, 0.02), (3, 0.9), (7, 0.05)])
+    audio = np.arange(probs.shape[0] * WINDOW, dtype=np.float32)  # each sample says where it came from
+    segments = split_speech(audio, SpeechMap(probs, WINDOW, RATE), 10 * RATE, 0.25)
+    edges = [e / RATE for s in segments for e in (s.start, s.start + s.samples.shape[0])]
+    assert edges == pytest.approx([1 - 0.25, 8 + 0.25, 20 - 0.25, 23 + 0.25], abs=0.04)
+    assert all(np.array_equal(s.samples, audio[s.start : s.start + s.samples.shape[0]]) for s in segments)
+    assert [s.no_speech_prob for s in segments] == pytest.approx([0.03, 0.1], abs=1e-6)
+    assert SpeechMap(probs, WINDOW, RATE).speech_s() == pytest.approx(9.5, abs=0.07)
+
+
+def test_a_region_longer_than_a_segment_is_cut_where_speech_is_least_likely() -> None:
+    # 25 s of speech with a dip at 8.5 s (in the last quarter of a 10-s segment) and one at 17.5 s
+    probs = probs_of([(8.5, 0.95), (0.2, 0.6), (8.8, 0.95), (0.2, 0.55), (7.3, 0.95)])
+    audio = np.ones(probs.shape[0] * WINDOW, np.float32)
+    segments = split_speech(audio, SpeechMap(probs, WINDOW, RATE), 10 * RATE, 0.25)
+    cuts = [s.start / RATE for s in segments[1:]]
+    assert cuts == pytest.approx([8.6, 17.6], abs=0.1)
+    assert all(s.samples.shape[0] <= 10 * RATE for s in segments)
+    assert [s.start + s.samples.shape[0] for s in segments[:-1]] == [s.start for s in segments[1:]]
+
+
+def test_no_speech_at_all_is_no_segment() -> None:
+    audio = np.zeros(60 * RATE, np.float32)
+    assert split_speech(audio, SpeechMap(probs_of([(60, 0.01)]), WINDOW, RATE), 10 * RATE, 0.25) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.03, 20), st.floats(0, 1)), min_size=1, max_size=30),
+    st.floats(1, 30),
+    st.floats(0, 1),
+)
+def test_segments_hold_all_speech_in_order_within_the_limit(
+    runs: list[tuple[float, float]], segment_s: float, pad_s: float
+) -> None:
+    probs = probs_of(runs)
+    if probs.size == 0:
+        return
+    audio = np.zeros(probs.shape[0] * WINDOW, np.float32)
+    speech_map = SpeechMap(probs, WINDOW, RATE)
+    segments = split_speech(audio, speech_map, int(segment_s * RATE), pad_s)
+    bounds = [(s.start, s.start + s.samples.shape[0]) for s in segments]
+    assert all(0 <= lo < hi <= audio.shape[0] and hi - lo <= int(segment_s * RATE) for lo, hi in bounds)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(bounds))  # in order, never overlapping
+    covered = np.zeros(audio.shape[0], bool)
+    for lo, hi in bounds:
+        covered[lo:hi] = True
+    for lo, hi in speech_map.regions():
+        assert covered[lo:hi].all()
+
+
+class FixedVAD:
+    """Speech exactly where the test put it, in 16-kHz windows, whatever rate the audio is at."""
+
+    def __init__(self, probs: npt.NDArray[np.float32]) -> None:
+        self.probs = probs
+        self.heard: list[int] = []
+
+    def probabilities(self, samples: npt.NDArray[np.float32], stop: Callable[[], bool]) -> npt.NDArray[np.float32]:
+        self.heard.append(samples.shape[0])
+        return self.probs
+
+
+def test_other_model_rates_are_heard_at_16_khz() -> None:
+    probs = probs_of([(5, 0.01), (3, 0.9), (20, 0.01), (2, 0.9), (5, 0.01)])
+    fixed = FixedVAD(probs)
+    audio = np.zeros(probs.shape[0] * WINDOW * 3, np.float32)  # 48 kHz
+    segments, speech_map = cut_by_speech(audio, 48000, 10 * 48000, 0.0, fixed)
+    assert fixed.heard == [probs.shape[0] * WINDOW]  # resampled to 16 kHz for the VAD
+    starts = [s.start / 48000 for s in segments]
+    assert starts == pytest.approx([5.0, 28.0], abs=0.04) and speech_map.speech_s() == pytest.approx(5.0, abs=0.07)
+
+
+@needs_speech
+@pytest.mark.parametrize("kind", ["silence", "tones", "noise"])
+def test_real_speech_is_cut_between_sentences_and_the_gap_skipped(vad: SileroVAD, kind: str) -> None:
+    rng = np.random.default_rng(4)
+    gaps = {
+        "silence": lambda n: np.zeros(n, np.float32),
+        "tones": lambda n: 0.1 * aug.tones(n, rng),
+        "noise": lambda n: speech.noise(n / RATE, 5, 0.02),
+    }
+    audio, spans = sentences_with_gaps(gaps[kind])
+    audio = aug.add_noise(audio, aug.noise("pink", audio.shape[0], rng), 15.0)  # under everything, 15 dB SNR
+    segments, speech_map = cut_by_speech(audio, RATE, 10 * RATE, 0.25, vad)
+    edges = [e for s in segments for e in (s.start, s.start + s.samples.shape[0])]
+    assert not [e for e in edges for lo, hi in spans if lo < e < hi]  # every cut between sentences
+    for lo, hi in spans:  # every sentence is sent, whole, in one segment
+        assert sum(s.start <= lo and hi <= s.start + s.samples.shape[0] for s in segments) == 1
+    gap_lo, gap_hi = spans[5][1], spans[6][0]  # the 12-s stretch after the sixth sentence is not sent
+    sent = sum(max(0, min(gap_hi, s.start + s.samples.shape[0]) - max(gap_lo, s.start)) for s in segments)
+    assert sent < 1.0 * RATE
+    spoken = sum(hi - lo for lo, hi in spans) / RATE
+    assert spoken * 0.9 < speech_map.speech_s() < spoken * 1.15
