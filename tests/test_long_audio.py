@@ -181,6 +181,14 @@ def test_vad_sends_speech_only_with_absolute_times(vad_server: Server, tiny_char
     assert [s["no_speech_prob"] for s in verbose.json()["segments"]] == [s["no_speech_prob"] for s in segments]
 
 
+def test_vad_long_silence_is_empty(vad_server: Server) -> None:
+    """A long recording without speech sends nothing to the model and says so."""
+    wav = encode(speech.noise(40.0, 8, 0.001), RATE)
+    body = httpx.post(vad_server.url + "/transcribe", files={"audio": ("a.wav", wav)}, timeout=60).json()
+    assert body["text"] == "" and body["segments"] == [] and body["speech_s"] == 0.0
+    assert body["duration_s"] == 40.0
+
+
 def test_energy_cutting_reports_no_vad_figures(server: Server, tiny_char: Exported) -> None:
     wav = encode(speech.joined(speech.SENTENCES, pause_s=0.6)[0], RATE)
     body = httpx.post(server.url + "/transcribe", files={"audio": ("a.wav", wav)}, timeout=60).json()
