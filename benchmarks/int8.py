@@ -36,9 +36,9 @@ from benchmarks.throughput import clips16  # noqa: E402
 from demo.evaluate import evaluate  # noqa: E402
 from demo.text import read_heldout  # noqa: E402
 from export.variants import cpu_name  # noqa: E402
-from service.ctc import greedy_decode  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
-from service.tokens import Detokenizer  # noqa: E402
+from service.recognition.ctc import greedy_decode  # noqa: E402
+from service.recognition.tokens import Detokenizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "int8.md"
 Audio = np.ndarray

@@ -119,7 +119,7 @@ def main() -> None:
             [sys.executable, "-m", "export", "--nemo", str(checkpoint), "--name", name], cwd=ROOT, check=True
         )
         tag = f"{name}:latest"
-    from service.vad import SileroVAD
+    from service.audio.vad import SileroVAD
 
     clean, texts, spans, voices = long_file(args.minutes)
     total_s = clean.shape[0] / RATE
@@ -166,10 +166,10 @@ def main() -> None:
 
 def time_medium(mix: Audio, vad: object, model_dir: Path | None) -> tuple[float, float, int]:
     """(VAD seconds, bare medium recognition seconds, segments) for one mix, best of 3 each."""
+    from service.audio.segment import cut_by_speech
+    from service.audio.vad import SileroVAD
     from service.manifest import Manifest
-    from service.recognizer import Recognizer
-    from service.segment import cut_by_speech
-    from service.vad import SileroVAD
+    from service.recognition.recognizer import Recognizer
 
     assert isinstance(vad, SileroVAD)
     if model_dir is None:

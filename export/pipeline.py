@@ -25,7 +25,7 @@ from export.graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx
 from export.sources import LoadedModel
 from export.verify import FP32_TOLERANCE, Clip, check_parity, nemo_reference, verification_clips
 from service.manifest import FrontEndSpec, GraphSpec, Manifest, ParityReport, TensorSpec, TokenizerSpec, Variant
-from service.tokens import Detokenizer
+from service.recognition.tokens import Detokenizer
 
 GRAPH_FILE = "model.onnx"
 

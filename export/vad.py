@@ -1,5 +1,5 @@
 """python -m export.vad: Silero VAD's 16 kHz sequence model rebuilt so that ONNX Runtime runs it fast over a
-whole file, written to service/silero_vad/silero_vad_batched.onnx (the file the service ships).
+whole file, written to service/audio/silero_vad/silero_vad_batched.onnx (the file the service ships).
 
 Silero's graph (export/silero_vad/silero_vad_16k_sequence.onnx, from the silero-vad 6.2.3 wheel, MIT licence
 beside it) runs its convolutions per 32-ms window: ONNX Runtime loops over 18,750 windows for 10 minutes of
@@ -7,7 +7,7 @@ audio, each a tiny GEMM, and that loop is 80 % of its 1.4 s on one core. Here th
 so that every layer is one GEMM over all windows of a block: each convolution (kernel 3, padding 1, over a
 window's 4, 4, 2 and 1 frames) becomes one dense matrix from a window's frames x channels to its output
 frames x channels. The STFT (Silero's basis is the periodic-Hann-windowed DFT) is left to numpy's real FFT
-(service/vad.py), the LSTM and output layer are Silero's own. tests/test_vad.py checks the shipped file
+(service/audio/vad.py), the LSTM and output layer are Silero's own. tests/test_vad.py checks the shipped file
 against Silero's graph and against this builder.
 """
 
@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(__file__).with_name("silero_vad") / "silero_vad_16k_sequence.onnx"
-TARGET = ROOT / "service" / "silero_vad" / "silero_vad_batched.onnx"
+TARGET = ROOT / "service" / "audio" / "silero_vad" / "silero_vad_batched.onnx"
 
 
 def batched(path: Path = SOURCE) -> bytes:

@@ -19,7 +19,7 @@ from typing import Any
 
 from export.verify import FP32_TOLERANCE, Clip, ParityError, measure_parity
 from service.manifest import Variant
-from service.tokens import Detokenizer
+from service.recognition.tokens import Detokenizer
 
 KINDS = ("optimized", "int8", "fp16")
 # Node names of the front end in the traced graph (the wrapper's `frontend` submodule, export/graph.py).

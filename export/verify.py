@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.ctc import collapse, frame_argmax, greedy_decode
 from service.manifest import ParityReport
-from service.tokens import Detokenizer
+from service.recognition.ctc import collapse, frame_argmax, greedy_decode
+from service.recognition.tokens import Detokenizer
 
 FP32_TOLERANCE = 1e-3
 log = logging.getLogger(__name__)

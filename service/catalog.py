@@ -11,7 +11,7 @@ from typing import Any
 
 from service.errors import BadRequest
 from service.manifest import Manifest
-from service.tokens import Detokenizer
+from service.recognition.tokens import Detokenizer
 
 
 class UnknownModel(BadRequest):

@@ -1,9 +1,10 @@
 """BentoML glue: the entry service (public API) and the recognizer (owns the session, batches).
 
-Everything else lives in plain modules: audio.py (decoding), segment.py, recognizer.py (ORT + greedy CTC),
-transcript.py (text, spans and word times), formats.py, openai_api.py (the /v1 routes), http.py (request
-guard), catalog.py (the served models and which one a request gets), patches.py (fixes to BentoML 1.4.39's
-serving path), errors.py, settings.py, manifest.py.
+Everything else lives in plain modules, by stage: audio/ (decoding, the VAD, cutting into segments),
+recognition/ (the ONNX Runtime session, greedy CTC, text, the transcript with word times), api/ (request
+guard, the /v1 routes, response types and formats, the OpenAPI document, metrics); beside them catalog.py
+(the served models and which one a request gets), patches.py (fixes to BentoML 1.4.39's serving path),
+errors.py, settings.py, manifest.py.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from service import metrics, openapi, patches
-from service.catalog import ServedModel
-from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
-from service.formats import ResponseFormat, media_type, render
-from service.http import (
+from service import patches
+from service.api import metrics, openapi
+from service.api.formats import ResponseFormat, media_type, render
+from service.api.http import (
     BENTOML_INTERNAL,
     READINESS,
     REQUEST_LOG,
@@ -34,12 +34,14 @@ from service.http import (
     FormRoute,
     RequestGuard,
 )
-from service.openai_api import OPENAI_FIELDS, openai_app
-from service.recognizer import Recognizer as Engine
-from service.recognizer import SegmentResult
-from service.schemas import SegmentSpan, Transcription, Word
+from service.api.openai_api import OPENAI_FIELDS, openai_app
+from service.api.schemas import SegmentSpan, Transcription, Word
+from service.catalog import ServedModel
+from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
+from service.recognition.recognizer import Recognizer as Engine
+from service.recognition.recognizer import SegmentResult
+from service.recognition.transcript import Transcript
 from service.settings import Settings, SettingsError
-from service.transcript import Transcript
 
 
 def _fail(message: str) -> None:
@@ -225,7 +227,7 @@ class Transcriber:
     recognizer = bentoml.depends(Recognizer)
 
     def __init__(self) -> None:
-        from service.audio import Limits
+        from service.audio.decode import Limits
         from service.catalog import Catalog
         from service.manifest import Manifest
 
@@ -246,10 +248,10 @@ class Transcriber:
         # The VAD that cuts long audio (ASR_SEGMENTER=vad), in this process, one thread per request
         self.vad = None
         if SETTINGS.segmenter == "vad":
-            from service.vad import SileroVAD
+            from service.audio.vad import SileroVAD
 
             self.vad = SileroVAD()
-        # One line per request (service/http.py), under BentoML's logging set-up (done before this runs)
+        # One line per request (service/api/http.py), under BentoML's logging set-up (done before this runs)
         REQUEST_LOG.disabled = False
         REQUEST_LOG.setLevel(logging.INFO)
         # Requests check readiness until it is first true, then never again: a loaded model does not go away,
@@ -293,7 +295,7 @@ class Transcriber:
         try:
             served = self.catalog.select(model, language)
             if ctx is not None:
-                ctx.request.state.asr_model = served.name  # for the request metrics (service/http.py)
+                ctx.request.state.asr_model = served.name  # for the request metrics (service/api/http.py)
             transcript = await self.run(await anyio.Path(audio).read_bytes(), served)
             if ctx is not None:
                 ctx.request.state.asr_audio_s = transcript.duration_s  # for the request's log line
@@ -349,9 +351,9 @@ class Transcriber:
 
         import anyio
 
-        from service.audio import decode
-        from service.segment import cut_by_speech, split
-        from service.transcript import assemble
+        from service.audio.decode import decode
+        from service.audio.segment import cut_by_speech, split
+        from service.recognition.transcript import assemble
 
         if not self._recognizer_ready:
             status = await self._recognizer_status()
@@ -473,7 +475,7 @@ Transcriber = bentoml.asgi_app(openai_app, path="/v1")(  # type: ignore[misc]
     )(Transcriber)
 )
 
-openapi.install(Transcriber)  # /docs.json and the bento's apis/openapi.yaml: service/openapi.py
+openapi.install(Transcriber)  # /docs.json and the bento's apis/openapi.yaml: service/api/openapi.py
 Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_body=SETTINGS.max_upload_bytes,

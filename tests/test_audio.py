@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.audio import Limits, decode, sniff_container
+from service.audio.decode import Limits, decode, sniff_container
 from service.errors import (
     AudioTooLarge,
     AudioTooLong,
@@ -162,7 +162,7 @@ def test_mutated_files_only_raise_client_errors(noise: bytes, cut: int) -> None:
 def test_decoding_stops_at_the_next_block_when_nobody_waits() -> None:
     """The entry sets the stop flag when its request is cancelled (client gone, timeout): decoding ends at the
     next block instead of running to the end of a long file."""
-    from service.audio import BLOCK_FRAMES, Abandoned
+    from service.audio.decode import BLOCK_FRAMES, Abandoned
     from tests.audio_files import silent_flac
 
     asked = []

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.ctc import collapse, greedy_decode
+from service.recognition.ctc import collapse, greedy_decode
 
 BLANK = 4
 

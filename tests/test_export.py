@@ -17,7 +17,7 @@ from export.graph import max_encoder_frames
 from export.pipeline import ort_runner
 from export.verify import Clip, measure_parity, pad_batch
 from service.manifest import Manifest, ParityReport
-from service.tokens import Detokenizer
+from service.recognition.tokens import Detokenizer
 from tests import speech
 from tests.conftest import Exported
 

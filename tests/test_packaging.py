@@ -87,11 +87,11 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     files = {p.relative_to(path / "src").as_posix() for p in (path / "src").rglob("*") if p.is_file()}
     assert "service/service.py" in files and not any(f.startswith(("tests/", "export/")) for f in files)
     # the VAD's graph and Silero's licence travel with it (its source graph, in export/, does not)
-    assert {"service/silero_vad/silero_vad_batched.onnx", "service/silero_vad/LICENSE"} <= files
+    assert {"service/audio/silero_vad/silero_vad_batched.onnx", "service/audio/silero_vad/LICENSE"} <= files
     spec = yaml.safe_load((path / "bento.yaml").read_text())
     tags = {m["tag"] for s in spec["services"] for m in s.get("models", [])}
     assert tags == set(models.split(",")) and spec["args"]["models"] == models
-    document = yaml.safe_load((path / "apis" / "openapi.yaml").read_text())  # ours (service/openapi.py)
+    document = yaml.safe_load((path / "apis" / "openapi.yaml").read_text())  # ours (service/api/openapi.py)
     assert {"/transcribe", "/v1/audio/transcriptions", "/v1/models/{model_id}"} <= set(document["paths"])
 
 

@@ -159,3 +159,14 @@ def test_several_models_example_runs_offline_as_written(tmp_path: Path) -> None:
         ("stt_hi_demo_conformer_ctc", "hi"),
         ("tiny_conformer_ctc_char", "mr"),
     ]
+
+
+def test_layout_names_files_that_exist_and_every_module() -> None:
+    """The Layout table lists existing paths, and every service module is in it."""
+    table = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = {
+        p for row in table.splitlines() if row.startswith("| `") for p in re.findall(r"`([^`]+)`", row.split("|")[1])
+    }
+    assert named and not [p for p in named if not (ROOT / p).exists()]
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "service").rglob("*.py") if p.name != "__init__.py"}
+    assert not modules - named, modules - named

@@ -10,7 +10,7 @@ import pytest
 
 from service.errors import ModelMismatch
 from service.manifest import Manifest
-from service.recognizer import Recognizer, choose_providers, length_buckets
+from service.recognition.recognizer import Recognizer, choose_providers, length_buckets
 from tests import speech
 from tests.conftest import Exported
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.segment import split
+from service.audio.segment import split
 
 RATE = 16000
 

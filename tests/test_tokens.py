@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.manifest import TokenizerSpec
-from service.tokens import Detokenizer
+from service.recognition.tokens import Detokenizer
 from tests.conftest import Exported
 
 

@@ -11,12 +11,12 @@ import webvtt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.formats import LINE_CHARS, MAX_CUE_S, openai_verbose, render
+from service.api.formats import LINE_CHARS, MAX_CUE_S, openai_verbose, render
+from service.audio.segment import Segment
 from service.manifest import TokenizerSpec
-from service.recognizer import SegmentResult
-from service.segment import Segment
-from service.tokens import Detokenizer
-from service.transcript import assemble
+from service.recognition.recognizer import SegmentResult
+from service.recognition.tokens import Detokenizer
+from service.recognition.transcript import assemble
 
 VOCAB = ["▁नमस्ते", "▁आप", "▁कैसे", "▁हैं", "जी", "▁भारत", "।", "▁देश"]
 DETOK = Detokenizer(VOCAB, TokenizerSpec(kind="sentencepiece", punctuation=["।"]))

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from demo import augment as aug
 from demo.speech import trim
-from service import vad as vad_module
-from service.segment import SpeechMap, cut_by_speech, split_speech
-from service.vad import CONTEXT, WINDOW, SileroVAD
+from service.audio import vad as vad_module
+from service.audio.segment import SpeechMap, cut_by_speech, split_speech
+from service.audio.vad import CONTEXT, WINDOW, SileroVAD
 from tests import speech
 
 RATE = 16000
-SILERO = vad_module.MODEL_FILE.parents[2] / "export" / "silero_vad" / "silero_vad_16k_sequence.onnx"
+SILERO = vad_module.MODEL_FILE.parents[3] / "export" / "silero_vad" / "silero_vad_16k_sequence.onnx"
 needs_speech = pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")
 
 

@@ -14,7 +14,7 @@ import pytest
 from export.pipeline import ort_runner
 from export.verify import Clip, ParityError, measure_parity, nemo_reference, pad_batch, verification_clips
 from service.manifest import ParityReport, TokenizerSpec
-from service.tokens import Detokenizer
+from service.recognition.tokens import Detokenizer
 from tests.conftest import Exported
 
 Run = Callable[[npt.NDArray[np.float32], npt.NDArray[np.int64]], tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]

@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from service.transcript import TimedWord, Transcript
+from service.recognition.transcript import TimedWord, Transcript
 
 LINE_CHARS = 42  # the usual broadcast limit per subtitle line
 MAX_LINES = 2

@@ -251,7 +251,7 @@ class RequestGuard:
         """Give the answer its X-Request-ID, note its status and error code for the request's log line, and
         count it in asr_requests_total{route, status, code, model} (the API routes; the handler leaves the
         chosen model's name in the request state; requests refused before that count under "")."""
-        from service.metrics import REQUESTS
+        from service.api.metrics import REQUESTS
 
         state = scope.setdefault("state", {})
         body = bytearray()

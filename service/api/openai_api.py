@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from service.api.formats import media_type, openai_verbose, render
+from service.api.http import error_body
 from service.errors import ASRError, BadRequest
-from service.formats import media_type, openai_verbose, render
-from service.http import error_body
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
@@ -70,7 +70,7 @@ async def transcriptions(request: Request) -> Response:
             data = await upload.read()
         finally:
             await form.close()
-        request.state.asr_model = options["model"].name  # for the request metrics (service/http.py)
+        request.state.asr_model = options["model"].name  # for the request metrics (service/api/http.py)
         transcript = await service.run(data, options["model"])
         request.state.asr_audio_s = transcript.duration_s  # for the request's log line
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service import __version__
-from service.formats import MEDIA_TYPES
-from service.schemas import (
+from service.api.formats import MEDIA_TYPES
+from service.api.schemas import (
     ErrorBody,
     ModelList,
     ModelObject,

@@ -1,9 +1,9 @@
 """What phones and browsers record, decoded by FFmpeg's libraries through PyAV (its wheels bundle them): MP4/M4A
 with AAC, WebM/Matroska with Opus, ADTS AAC, AMR, and MPEG audio libsndfile refuses. The same contract as
-libsndfile's source in service/audio.py: the header's rate, channels and length first (so limits refuse before
+libsndfile's source in service/audio/decode.py: the header's rate, channels and length first (so limits refuse before
 anything is decoded), then float32 blocks of (frames, channels), never the whole file at the upload's rate.
 
-The demuxer is named from the file's first bytes (service.audio.sniff_container), never probed: FFmpeg's
+The demuxer is named from the file's first bytes (service.audio.decode.sniff_container), never probed: FFmpeg's
 probing can land on demuxers that open other files or URLs (playlists, concat lists); MP4 external data
 references stay off (FFmpeg's default).
 """
@@ -18,7 +18,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from service.audio import BLOCK_FRAMES, FRAME_SYNCED
+from service.audio.decode import BLOCK_FRAMES, FRAME_SYNCED
 from service.errors import UndecodableAudio, UnsupportedFormat
 
 # The container name each demuxer reports (Decoded.format; ASR_FORMATS takes these names).

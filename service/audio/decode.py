@@ -1,5 +1,5 @@
 """Audio as people send it -> mono float32 at the model's rate. Decoded from the bytes by libsndfile, or by
-FFmpeg through PyAV for the containers libsndfile lacks (service/containers.py); the file name and declared
+FFmpeg through PyAV for the containers libsndfile lacks (service/audio/containers.py); the file name and declared
 content type are never trusted. Resampled with soxr, limits checked early."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def decode(data: bytes, target_rate: int, limits: Limits, stop: Callable[[], boo
         container = sniff_container(data)
         if container is None:
             raise UnsupportedFormat(f"the upload is not audio in a format we decode ({FORMATS_NAMED})") from None
-        from service.containers import AVSource  # PyAV loads FFmpeg's libraries: only when needed
+        from service.audio.containers import AVSource  # PyAV loads FFmpeg's libraries: only when needed
 
         with AVSource(data, container) as source:
             return _decode(source, target_rate, limits, stop)

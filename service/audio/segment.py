@@ -2,7 +2,7 @@
 
 Audio no longer than one segment is never cut (so its transcript is exactly NeMo's). Longer audio is cut one
 of two ways (ASR_SEGMENTER):
-- `split_speech` (vad): by the speech probability of every 32-ms window (service/vad.py). Speech regions,
+- `split_speech` (vad): by the speech probability of every 32-ms window (service/audio/vad.py). Speech regions,
   widened by `pad_s` on each side, become segments; regions closer than MERGE_GAP_S share a segment while it
   stays within the limit; what lies between segments (silence, music, noise) is not sent to the model. A
   region longer than a segment is cut at its least speech-like window within the last quarter of each segment.
@@ -167,7 +167,7 @@ def cut_by_speech(
     """Run the VAD over the audio (at its own rate, 16 kHz) and cut by its verdict (split_speech)."""
     import soxr
 
-    from service.vad import RATE, WINDOW
+    from service.audio.vad import RATE, WINDOW
 
     heard = samples if rate == RATE else np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
     speech = SpeechMap(vad.probabilities(heard, stop), WINDOW * rate / RATE, rate)

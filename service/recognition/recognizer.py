@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
-from service.ctc import greedy_decode
 from service.errors import ModelMismatch
 from service.manifest import Manifest
+from service.recognition.ctc import greedy_decode
 
 log = logging.getLogger(__name__)
 

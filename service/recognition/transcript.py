@@ -12,9 +12,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.recognizer import SegmentResult
-from service.segment import Segment
-from service.tokens import Detokenizer
+from service.audio.segment import Segment
+from service.recognition.recognizer import SegmentResult
+from service.recognition.tokens import Detokenizer
 
 # CTC emits a character at a peak of one or two frames, and the sound of a word's last character goes on past
 # it: measured with the demo model (demo/) on 82 held-out words spoken with known spans (tests/

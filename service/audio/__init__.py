@@ -1,0 +1,1 @@
+"""Stage one: audio bytes to samples (decode.py, containers.py), and long audio to segments (vad.py, segment.py)."""
