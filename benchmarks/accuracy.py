@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,20 +32,25 @@ from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
 
 
-async def transcribe_all(url: str, wavs: list[bytes], clients: int) -> list[str]:
-    texts: list[str] = [""] * len(wavs)
+async def transcribe_each(url: str, wavs: list[bytes], clients: int, timeout: float = 300) -> list[dict[str, Any]]:
+    """Every file's JSON answer from /transcribe, `clients` requests in flight at a time."""
+    bodies: list[dict[str, Any]] = [{}] * len(wavs)
     queue = list(enumerate(wavs))
 
     async def client() -> None:
-        async with httpx.AsyncClient(timeout=300) as c:
+        async with httpx.AsyncClient(timeout=timeout) as c:
             while queue:
                 i, wav = queue.pop()
                 r = await c.post(url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")})
                 r.raise_for_status()
-                texts[i] = r.json()["text"]
+                bodies[i] = r.json()
 
     await asyncio.gather(*[client() for _ in range(clients)])
-    return texts
+    return bodies
+
+
+async def transcribe_all(url: str, wavs: list[bytes], clients: int) -> list[str]:
+    return [str(body["text"]) for body in await transcribe_each(url, wavs, clients)]
 
 
 def main() -> None:

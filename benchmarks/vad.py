@@ -29,13 +29,13 @@ from pathlib import Path
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.accuracy import transcribe_each  # noqa: E402
 from demo import augment as aug  # noqa: E402
 from demo.metrics import wer  # noqa: E402
 from demo.speech import speak, trim  # noqa: E402
@@ -76,22 +76,6 @@ def sentence_clips(mix: Audio, spans: list[tuple[int, int]]) -> list[Audio]:
     """Each sentence with half of the pause on either side of it."""
     edges = [0] + [(spans[i][1] + spans[i + 1][0]) // 2 for i in range(len(spans) - 1)] + [mix.shape[0]]
     return [mix[edges[i] : edges[i + 1]] for i in range(len(spans))]
-
-
-async def transcribe(url: str, wavs: list[bytes], clients: int = 4) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = [{}] * len(wavs)
-    queue = list(enumerate(wavs))
-
-    async def client() -> None:
-        async with httpx.AsyncClient(timeout=1200) as c:
-            while queue:
-                i, wav = queue.pop()
-                r = await c.post(url + "/transcribe", files={"audio": ("a.wav", wav, "audio/wav")})
-                r.raise_for_status()
-                out[i] = r.json()
-
-    await asyncio.gather(*[client() for _ in range(clients)])
-    return out
 
 
 def cuts_inside(body: dict[str, object], spans: list[tuple[int, int]], total_s: float) -> tuple[int, int]:
@@ -144,10 +128,10 @@ def main() -> None:
             for key, mix in mixes.items():
                 if segmenter == "vad":  # the per-sentence reference: every clip is shorter than a segment
                     clips = [encode(c, RATE) for c in sentence_clips(mix, spans)]
-                    hyps = [str(b["text"]) for b in asyncio.run(transcribe(server.url, clips))]
+                    hyps = [str(b["text"]) for b in asyncio.run(transcribe_each(server.url, clips, 4, 1200))]
                     results[key]["sentences"] = wer(texts, hyps)
                 started = time.monotonic()
-                (body,) = asyncio.run(transcribe(server.url, [encode(mix, RATE)], clients=1))
+                (body,) = asyncio.run(transcribe_each(server.url, [encode(mix, RATE)], 1, 1200))
                 wall = time.monotonic() - started
                 segments = body["segments"]
                 assert isinstance(segments, list)
