@@ -413,6 +413,9 @@ class Transcriber:
         )
         elapsed = time.monotonic() - started
         metrics.AUDIO_SECONDS.labels(model=served.name).inc(decoded.duration_s)
+        metrics.SENT_SECONDS.labels(model=served.name).inc(sum(s.samples.shape[0] for s in segments) / rate)
+        if speech_s is not None:
+            metrics.SPEECH_SECONDS.labels(model=served.name).inc(speech_s)
         metrics.PROCESSING_SECONDS.labels(model=served.name).observe(elapsed)
         metrics.REAL_TIME_FACTOR.labels(model=served.name).observe(elapsed / max(decoded.duration_s, 1e-3))
         metrics.SEGMENTS_PER_REQUEST.labels(model=served.name).observe(len(segments))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -183,10 +184,19 @@ def test_vad_sends_speech_only_with_absolute_times(vad_server: Server, tiny_char
 
 def test_vad_long_silence_is_empty(vad_server: Server) -> None:
     """A long recording without speech sends nothing to the model and says so."""
+
+    def counters() -> dict[str, float]:
+        text = httpx.get(vad_server.url + "/metrics", timeout=10).text
+        found = re.findall(r"^asr_(audio|sent|speech)_seconds_total\{[^}]*\} (\S+)", text, re.M)
+        return {name: float(value) for name, value in found}
+
+    before = counters()
     wav = encode(speech.noise(40.0, 8, 0.001), RATE)
     body = httpx.post(vad_server.url + "/transcribe", files={"audio": ("a.wav", wav)}, timeout=60).json()
     assert body["text"] == "" and body["segments"] == [] and body["speech_s"] == 0.0
     assert body["duration_s"] == 40.0
+    after = counters()  # 40 s of audio counted, none of it sent, no speech
+    assert {k: round(after[k] - before.get(k, 0.0), 3) for k in after} == {"audio": 40.0, "sent": 0.0, "speech": 0.0}
 
 
 def test_energy_cutting_reports_no_vad_figures(server: Server, tiny_char: Exported) -> None:

@@ -182,6 +182,8 @@ def test_health_metrics_and_status(bpe_server: Server, tiny_bpe: Exported) -> No
         f'asr_requests_total{{code="ok",model="{name}",route="/transcribe",status="200"}}',
         f'asr_requests_total{{code="unsupported_format",model="{name}",route="/transcribe",status="415"}}',
         f'asr_audio_seconds_total{{model="{name}"}}',
+        f'asr_sent_seconds_total{{model="{name}"}}',
+        f'asr_speech_seconds_total{{model="{name}"}}',
         f'asr_real_time_factor_count{{model="{name}"}}',
         f'asr_processing_seconds_count{{model="{name}"}}',
         f'asr_segments_per_request_count{{model="{name}"}}',

@@ -16,6 +16,16 @@ REQUESTS = bentoml.metrics.Counter(
 AUDIO_SECONDS = bentoml.metrics.Counter(
     name="asr_audio_seconds", documentation="seconds of audio transcribed", labelnames=["model"]
 )
+SPEECH_SECONDS = bentoml.metrics.Counter(
+    name="asr_speech_seconds",
+    documentation="seconds of speech the VAD found in that audio (ASR_SEGMENTER=vad)",
+    labelnames=["model"],
+)
+SENT_SECONDS = bentoml.metrics.Counter(
+    name="asr_sent_seconds",
+    documentation="seconds of that audio sent to the model (the VAD leaves out what lies between segments)",
+    labelnames=["model"],
+)
 PROCESSING_SECONDS = bentoml.metrics.Histogram(
     name="asr_processing_seconds",
     documentation="wall time from the upload's bytes to the transcript (decode, cut, recognise, assemble)",
