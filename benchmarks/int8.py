@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.throughput import clips16  # noqa: E402
 from demo.evaluate import evaluate  # noqa: E402
 from demo.text import read_heldout  # noqa: E402
-from export.variants import cpu_name  # noqa: E402
+from export.variants import cpu_name, interleaved_speed  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 from service.recognition.ctc import greedy_decode  # noqa: E402
 from service.recognition.tokens import Detokenizer  # noqa: E402
@@ -74,22 +73,14 @@ def compare(directory: Path, clips: list[Audio], rounds: int = 5) -> dict[str, f
         Graph(directory, manifest.variants["int8"].file, manifest),
     )
     same = sum(fp32.tokens(c) == int8.tokens(c) for c in clips)
-    ratios = []
-    for _ in range(rounds):
-        walls = []
-        for graph in (fp32, int8):
-            started = time.perf_counter()
-            for c in clips:
-                graph.tokens(c)
-            walls.append(time.perf_counter() - started)
-        ratios.append(walls[0] / walls[1])
+    speed = interleaved_speed(lambda: [fp32.tokens(c) for c in clips], lambda: [int8.tokens(c) for c in clips], rounds)
     seconds = sum(c.shape[0] for c in clips) / manifest.sample_rate
     variant = manifest.variants["int8"]
     return {
         "clips": len(clips),
         "audio_s": round(seconds, 1),
         "identical_tokens_vs_fp32": same,
-        "speed_vs_fp32": round(statistics.median(ratios), 3),
+        "speed_vs_fp32": speed,
         "export_speed_vs_fp32": variant.cpu_speed_vs_fp32 or 0.0,
         "export_identical_tokens_vs_nemo": variant.parity.identical_tokens,
         "export_clips": variant.parity.clips,

@@ -13,7 +13,7 @@ fp32 graph unless a variant is chosen explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +151,7 @@ def make_variant(
 
 
 def cpu_speed(fp32: Path, variant: Path, clips: Sequence[Clip], rounds: int = 5) -> float:
-    """The variant's CPU speed as a multiple of the fp32 graph's: both run every clip alone, interleaved
-    round by round (this machine's speed drifts over minutes); the median of the per-round ratios."""
-    import statistics
-    import time
-
+    """The variant's CPU speed as a multiple of the fp32 graph's, every clip run alone (interleaved_speed)."""
     import numpy as np
 
     from export.pipeline import ort_runner
@@ -164,13 +160,22 @@ def cpu_speed(fp32: Path, variant: Path, clips: Sequence[Clip], rounds: int = 5)
     inputs = [(c.audio[None, :].astype(np.float32), np.array([c.audio.shape[0]], np.int64)) for c in clips]
     for run in runners:  # warm-up
         run(*inputs[0])
+    fp32_run, variant_run = runners
+    return interleaved_speed(lambda: [fp32_run(*i) for i in inputs], lambda: [variant_run(*i) for i in inputs], rounds)
+
+
+def interleaved_speed(baseline: Callable[[], object], candidate: Callable[[], object], rounds: int = 5) -> float:
+    """How many times faster `candidate` runs than `baseline`: both run, interleaved round by round (this
+    machine's speed drifts over minutes); the median of the per-round ratios."""
+    import statistics
+    import time
+
     ratios = []
     for _ in range(rounds):
         walls = []
-        for run in runners:
+        for run in (baseline, candidate):
             started = time.perf_counter()
-            for audio, lengths in inputs:
-                run(audio, lengths)
+            run()
             walls.append(time.perf_counter() - started)
         ratios.append(walls[0] / walls[1])
     return round(statistics.median(ratios), 3)

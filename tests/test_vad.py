@@ -94,7 +94,7 @@ def probs_of(pattern: list[tuple[float, float]]) -> npt.NDArray[np.float32]:
 
 def test_regions_follow_silero_hysteresis() -> None:
     probs = probs_of([(1, 0.1), (2, 0.9), (0.064, 0.2), (1, 0.4), (0.5, 0.1), (0.16, 0.9), (1, 0.1), (1, 0.6)])
-    regions = SpeechMap(probs, WINDOW, RATE).regions()
+    regions = SpeechMap(probs, WINDOW, RATE).regions
     w = WINDOW
     # a 64-ms dip does not end speech, nor do windows between the thresholds (0.4); a 160-ms blip is dropped;
     # speech running to the end ends there
@@ -157,7 +157,7 @@ def test_segments_hold_all_speech_in_order_within_the_limit(
     covered = np.zeros(audio.shape[0], bool)
     for lo, hi in bounds:
         covered[lo:hi] = True
-    for lo, hi in speech_map.regions():
+    for lo, hi in speech_map.regions:
         assert covered[lo:hi].all()
 
 

@@ -13,6 +13,7 @@ of two ways (ASR_SEGMENTER):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -58,14 +59,15 @@ class SpeechMap:
     window: float  # samples per probability, at the audio's rate (512 at the VAD's 16 kHz)
     rate: int  # the audio's sample rate
 
+    @functools.cached_property
     def regions(self) -> list[tuple[int, int]]:
-        """[start, end) samples of each speech region, unpadded."""
+        """[start, end) samples of each speech region, unpadded (found once: cutting and speech_s both read it)."""
         seconds = self.window / self.rate
         found = _regions(self.probs, max(1, round(MIN_SILENCE_S / seconds)), max(1, round(MIN_SPEECH_S / seconds)))
         return [(round(lo * self.window), round(hi * self.window)) for lo, hi in found]
 
     def speech_s(self) -> float:
-        return sum(hi - lo for lo, hi in self.regions()) / self.rate
+        return sum(hi - lo for lo, hi in self.regions) / self.rate
 
     def no_speech_prob(self, start: int, end: int) -> float:
         """1 - the highest speech probability of a window overlapping samples [start, end)."""
@@ -108,7 +110,7 @@ def split_speech(samples: npt.NDArray[np.float32], speech: SpeechMap, max_sample
         return [Segment(0, samples, speech.no_speech_prob(0, total))]
     pad, gap = round(pad_s * speech.rate), round(MERGE_GAP_S * speech.rate)
     spans: list[list[int]] = []  # padded regions, overlapping ones joined
-    for lo, hi in speech.regions():
+    for lo, hi in speech.regions:
         lo, hi = max(0, lo - pad), min(total, hi + pad)
         if spans and lo <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], hi)
