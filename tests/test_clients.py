@@ -83,6 +83,9 @@ def check(result: Any, options: dict[str, Any], expected_text: str, plain: httpx
         assert isinstance(result, dict), type(result)
         assert result["text"] == expected_text
         assert ("words" in result) == bool(options.get("timestamps"))
+        # the VAD's figures (ASR_SEGMENTER=vad, the default) reach the clients too
+        assert 0 < result["speech_s"] <= result["duration_s"]
+        assert all(0 <= s["no_speech_prob"] <= 1 for s in result["segments"])
         assert result == plain.json()
     else:
         assert isinstance(result, str), type(result)

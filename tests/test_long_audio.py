@@ -180,6 +180,16 @@ def test_vad_sends_speech_only_with_absolute_times(vad_server: Server, tiny_char
     data = {"model": name, "response_format": "verbose_json"}
     verbose = httpx.post(vad_server.url + "/v1/audio/transcriptions", files={"file": files["audio"]}, data=data)
     assert [s["no_speech_prob"] for s in verbose.json()["segments"]] == [s["no_speech_prob"] for s in segments]
+    from openai import OpenAI  # and as the OpenAI SDK reads it
+
+    sdk = OpenAI(base_url=vad_server.url + "/v1", api_key="not-needed", timeout=120)
+    path = tmp_path / "speech.wav"
+    path.write_bytes(wav)
+    with path.open("rb") as f:
+        got = sdk.audio.transcriptions.create(
+            model=name, file=f, response_format="verbose_json", timestamp_granularities=["segment"]
+        )
+    assert got.segments and [s.no_speech_prob for s in got.segments] == [s["no_speech_prob"] for s in segments]
 
 
 def test_vad_long_silence_is_empty(vad_server: Server) -> None:
