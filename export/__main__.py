@@ -41,6 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--verify-audio", type=Path, nargs="+", default=[], help="extra audio files for the parity check against NeMo"
     )
     parser.add_argument("--variants", default="", help="comma-separated: optimized,int8,fp16")
+    parser.add_argument(
+        "--lm", type=Path, metavar="PATH", help="a KenLM n-gram model (ARPA or binary) for beam search, packed with it"
+    )
+    parser.add_argument("--lm-alpha", type=float, default=0.5, help="LM weight in beam search (default 0.5)")
+    parser.add_argument("--lm-beta", type=float, default=1.0, help="bonus per word in beam search (default 1.0)")
+    parser.add_argument("--lm-note", default="", help="where the LM came from (recorded in the manifest)")
+    parser.add_argument("--beam-width", type=int, default=16, help="the model's default beam width (default 16)")
     parser.add_argument("--output", type=Path, help="also keep the artifact (model.onnx, manifest.json) here")
     parser.add_argument("--no-register", action="store_true", help="verify and write files only")
     parser.add_argument("--verbose", action="store_true", help="show NeMo's own logging")
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from export.describe import UnsupportedModel
     from export.frontend import UnsupportedFrontEnd
-    from export.pipeline import Options, progress, run
+    from export.pipeline import DecoderOptions, LMError, Options, progress, run
     from export.sources import SourceError, from_config, from_nemo, from_pretrained
     from export.store import StoreNameError, checked_name
     from export.variants import KINDS
@@ -77,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         except StoreNameError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.lm is not None and not args.lm.is_file():
+        print(f"error: --lm {args.lm}: no such file", file=sys.stderr)
+        return 2
+    if not 1 <= args.beam_width <= 512:
+        print("error: --beam-width must be 1 to 512", file=sys.stderr)
+        return 2
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in KINDS]
     if unknown:
@@ -102,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             variants=variants,
             workdir=args.output,
             register=not args.no_register,
+            decoder=DecoderOptions(args.lm, args.lm_alpha, args.lm_beta, args.beam_width, args.lm_note),
         )
         _manifest, tag, out_dir = run(loaded, options)
-    except (SourceError, ParityError, UnsupportedModel, UnsupportedFrontEnd, StoreNameError) as exc:
+    except (SourceError, ParityError, UnsupportedModel, UnsupportedFrontEnd, StoreNameError, LMError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(tag if tag else str(out_dir))

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +25,16 @@ from export.frontend import featurizer_facts
 from export.graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx
 from export.sources import LoadedModel
 from export.verify import FP32_TOLERANCE, Clip, check_parity, nemo_reference, verification_clips
-from service.manifest import FrontEndSpec, GraphSpec, Manifest, ParityReport, TensorSpec, TokenizerSpec, Variant
+from service.manifest import (
+    DecoderSpec,
+    FrontEndSpec,
+    GraphSpec,
+    Manifest,
+    ParityReport,
+    TensorSpec,
+    TokenizerSpec,
+    Variant,
+)
 from service.recognition.tokens import Detokenizer
 
 GRAPH_FILE = "model.onnx"
@@ -40,6 +50,50 @@ class Options:
     workdir: Path | None = None
     register: bool = True
     clips: list[Clip] = field(default_factory=list)  # replaces the default verification set (tests)
+    decoder: DecoderOptions | None = None  # beam search defaults and an n-gram LM to pack with the model
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    lm: Path | None = None  # a KenLM model: ARPA (text) or KenLM's binary format
+    lm_alpha: float = 0.5
+    lm_beta: float = 1.0
+    beam_width: int = 16
+    lm_note: str = ""
+
+
+def pack_decoder(options: DecoderOptions, vocab: tuple[list[str], int, Any], out_dir: Path) -> DecoderSpec:
+    """The manifest's decoder entry; the LM copied beside the graph as lm.arpa or lm.bin, after a beam search
+    with it has run on this vocabulary (an LM KenLM cannot read fails the export, not the service)."""
+    from service.recognition.beam import BeamDecoder, LMSpec
+
+    if options.lm is None:
+        return DecoderSpec(beam_width=options.beam_width)
+    with open(options.lm, "rb") as f:
+        arpa = f.read(4096).lstrip().startswith(b"\\data\\")
+    file = "lm.arpa" if arpa else "lm.bin"
+    shutil.copy2(options.lm, out_dir / file)
+    vocabulary, blank_id, tokenizer = vocab
+    unknown = [i for i, kind in tokenizer.special.items() if kind == "unknown"]
+    try:
+        lm = LMSpec(str(out_dir / file), options.lm_alpha, options.lm_beta)
+        decoder = BeamDecoder(vocabulary, blank_id, lm, unknown)
+        decoder.decode(np.full((8, len(vocabulary) + 1), -np.log(len(vocabulary) + 1), np.float32), 4)
+    except Exception as exc:
+        raise LMError(f"the language model {options.lm} cannot be used: {exc}") from exc
+    size_mb = (out_dir / file).stat().st_size / 1e6
+    progress(f"language model packed: {file}, {size_mb:.1f} MB, alpha {options.lm_alpha:g}, beta {options.lm_beta:g}")
+    return DecoderSpec(
+        beam_width=options.beam_width,
+        lm_file=file,
+        lm_alpha=options.lm_alpha,
+        lm_beta=options.lm_beta,
+        lm_note=options.lm_note or options.lm.name,
+    )
+
+
+class LMError(ValueError):
+    """The n-gram LM given to the export cannot be read or used."""
 
 
 def progress(message: str) -> None:
@@ -182,6 +236,8 @@ def _run(
         progress(f"{kind}: {variants[kind].note}")
 
     manifest = build_manifest(loaded, name, vocab, parity, variants, max_samples)
+    if options.decoder is not None:
+        manifest = manifest.model_copy(update={"decoder": pack_decoder(options.decoder, vocab, out_dir)})
     manifest.write(out_dir)
     tag = None
     if options.register:

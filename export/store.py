@@ -68,11 +68,13 @@ def headline(manifest: Manifest) -> tuple[dict[str, str], dict[str, object]]:
 
 
 def register(name: str, directory: Path, manifest: Manifest) -> str:
-    """Copy the graph files and the manifest into a new store version; return its tag."""
+    """Copy the graph files, the n-gram LM if any and the manifest into a new store version; return its tag."""
     import bentoml
 
     labels, metadata = headline(manifest)
     files = [manifest.graph.file, *(v.file for v in manifest.variants.values())]
+    if manifest.decoder.lm_file:
+        files.append(manifest.decoder.lm_file)
     with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
         target = Path(entry.path)
         for file in files:

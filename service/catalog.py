@@ -38,6 +38,11 @@ class ServedModel:
         return cls(tag.split(":")[0], tag, manifest, method, segment_samples(manifest, segment_s), detok, created)
 
     @property
+    def logprobs_method(self) -> str:
+        """The recognizer API that batches this model's segments for beam search (log-probabilities out)."""
+        return "logprobs_" + self.method.removeprefix("infer_")
+
+    @property
     def language(self) -> str:
         return self.manifest.language
 

@@ -87,6 +87,16 @@ class FrontEndSpec(_Frozen):
     window_sum: float
 
 
+class DecoderSpec(_Frozen):
+    """Beam search defaults for this model, and its n-gram language model when it has one."""
+
+    beam_width: int = 16
+    lm_file: str = ""  # relative to the store entry: a KenLM model (ARPA, or KenLM's binary format)
+    lm_alpha: float = 0.5  # weight of the LM's log-probability
+    lm_beta: float = 1.0  # bonus per word
+    lm_note: str = ""  # where the LM came from (the export's --lm-note)
+
+
 class Manifest(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -109,6 +119,7 @@ class Manifest(_Frozen):
     # Non-empty for a demonstration model (e.g. the one trained here on synthetic speech, demo/): what it is
     # and is not. The service marks such models in /status and /v1/models.
     demo_notice: str = ""
+    decoder: DecoderSpec = Field(default_factory=DecoderSpec)
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE

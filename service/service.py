@@ -10,13 +10,14 @@ errors.py, settings.py, manifest.py.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import pickle
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import bentoml
@@ -38,7 +39,8 @@ from service.api.http import (
 from service.api.openai_api import OPENAI_FIELDS, openai_app
 from service.api.schemas import SegmentSpan, Transcription, Word
 from service.catalog import ServedModel
-from service.errors import ASRError, AudioTooShort, NotReady, Overloaded, RecognizerUnavailable
+from service.errors import ASRError, AudioTooShort, BadRequest, NotReady, Overloaded, RecognizerUnavailable
+from service.recognition.beam import Decoding, HotwordError, parse_hotwords
 from service.recognition.recognizer import Recognizer as Engine
 from service.recognition.recognizer import SegmentResult
 from service.recognition.transcript import Transcript
@@ -60,6 +62,24 @@ except (SettingsError, patches.PatchMismatch) as _exc:
 # Segments of one request in the recognizer's queue at once: a long file neither fills the queue past its
 # latency bound by itself (a 10-minute file is 20 segments) nor makes shorter requests wait behind all of it.
 SEGMENTS_IN_FLIGHT = max(4, SETTINGS.batch_max_size) if SETTINGS.device == "cuda" else 4
+
+
+GREEDY = Decoding()
+
+
+def choose_decoding(name: str, hotwords: str) -> Decoding:
+    """A request's `decoding` and `hotwords` fields -> how to decode. Hotwords imply beam search; asking for
+    greedy decoding with hotwords is a contradiction (400)."""
+    try:
+        phrases = parse_hotwords(hotwords, SETTINGS.hotword_weight, SETTINGS.max_hotwords, SETTINGS.max_hotword_words)
+    except HotwordError as exc:
+        raise BadRequest(str(exc), "hotwords") from None
+    if name not in ("", "default", "greedy", "beam"):
+        raise BadRequest(f"decoding must be greedy or beam, not {name!r}", "decoding")
+    if phrases and name == "greedy":
+        raise BadRequest("hotwords need beam search: leave decoding out or set it to beam", "hotwords")
+    beam = bool(phrases) or name == "beam" or (name in ("", "default") and SETTINGS.decoding == "beam")
+    return Decoding(beam=True, hotwords=phrases) if beam else GREEDY
 
 
 def _served_tags() -> tuple[str, ...]:
@@ -99,10 +119,11 @@ def _check_variant() -> None:
 _check_variant()
 
 
-def _method(index: int) -> str:
-    """Model `index`'s batch API, named after the model: BentoML labels its batching metrics with it."""
+def _method(index: int, kind: str = "infer") -> str:
+    """Model `index`'s batch API, named after the model: BentoML labels its batching metrics with it. `infer_`:
+    greedy results; `logprobs_`: the log-probabilities beam search decodes (each its own batch queue)."""
     name = re.sub(r"\W", "_", str(MODELS[index].tag).split(":")[0])
-    return f"infer_{name}"
+    return f"{kind}_{name}"
 
 
 patches.on_dropped = metrics.SEGMENTS_DROPPED.inc
@@ -110,7 +131,7 @@ patches.on_dropped = metrics.SEGMENTS_DROPPED.inc
 patches.known_paths.update(
     {"/", "/docs.json", "/schema.json", "/readyz", "/livez", "/healthz", "/metrics", "/transcribe", "/status"}
     | {"/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/static_content/"}
-    | {f"/{_method(i)}" for i in range(len(MODELS))}  # the recognizer's batch APIs
+    | {f"/{_method(i, kind)}" for i in range(len(MODELS)) for kind in ("infer", "logprobs")}  # batch APIs
 )
 
 
@@ -136,6 +157,26 @@ def _infer_api(index: int) -> Any:
     return bentoml.api(
         batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
     )(infer)
+
+
+def _logprobs_api(index: int) -> Any:
+    """Model `index`'s log-probabilities for beam search, batched like its greedy API: [frames, vocab+1] float32
+    per segment, its valid frames only (an empty array where ONNX Runtime failed)."""
+
+    def logprobs(self: Any, segments: list[np.ndarray]) -> list[np.ndarray]:
+        engine: Engine = self.engines[index]
+        results = engine.logprobs(segments)
+        failed = sum(1 for r in results if r.shape[0] == 0)
+        name = engine.manifest.name
+        if failed:
+            metrics.SEGMENTS_RUN.labels(model=name, outcome="failed").inc(failed)
+        metrics.SEGMENTS_RUN.labels(model=name, outcome="run").inc(len(results) - failed)
+        return results
+
+    logprobs.__name__ = logprobs.__qualname__ = _method(index, "logprobs")
+    return bentoml.api(
+        batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
+    )(logprobs)
 
 
 class Recognizer:
@@ -189,6 +230,7 @@ class Recognizer:
 for _index, _model in enumerate(MODELS):
     setattr(Recognizer, f"model_{_index}", _model)
     setattr(Recognizer, _method(_index), _infer_api(_index))
+    setattr(Recognizer, _method(_index, "logprobs"), _logprobs_api(_index))
 
 Recognizer = bentoml.service(  # type: ignore[misc]
     name="asr_recognizer",
@@ -258,6 +300,25 @@ class Transcriber:
 
             self.vad = SileroVAD()
             self._vad_threads = ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="vad")
+        # Beam search's decoders, in their own processes (started at the first beam request, or now when beam
+        # search is the default); each model's n-gram LM from its store entry
+        from service.recognition.beam import BeamPool, LMSpec
+
+        specs = {}
+        for served, entry in zip(self.catalog.models, _store_entries(self), strict=True):
+            d = served.manifest.decoder
+            lm = LMSpec(str(Path(entry.path) / d.lm_file), d.lm_alpha, d.lm_beta) if d.lm_file else None
+            if lm is not None and importlib.util.find_spec("kenlm") is None:
+                _fail(
+                    f"model {served.tag} has an n-gram LM ({d.lm_file}) and KenLM's Python module is not installed: "
+                    "pip install kenlm==0.3.0 (needs g++), or export the model without --lm"
+                )
+            m = served.manifest
+            unknown = [i for i, kind in m.tokenizer.special.items() if kind == "unknown"]
+            specs[served.name] = (list(m.vocabulary), m.blank_id, lm, unknown)
+        self.beams = BeamPool(specs, SETTINGS.beam_workers)
+        if SETTINGS.decoding == "beam":
+            self.beams.start()
         # One line per request (service/api/http.py), under BentoML's logging set-up (done before this runs)
         REQUEST_LOG.disabled = False
         REQUEST_LOG.setLevel(logging.INFO)
@@ -290,20 +351,25 @@ class Transcriber:
         response_format: ResponseFormat = "json",
         model: str = "",
         language: str = "",
+        decoding: Literal["default", "greedy", "beam"] = "default",
+        hotwords: str = "",
         ctx: bentoml.Context = None,  # type: ignore[assignment]  # BentoML passes it; not a form field
     ) -> Transcription | str:
         """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, M4A/MP4 AAC,
         WebM Opus, AAC, AMR, ...; any rate from 1 to 384 kHz, 1 to 64 channels. `timestamps=true` adds words
         with start/end seconds and confidence. `response_format`: json (the Transcription schema), text, srt or
         vtt. `model` (a served name) and/or `language` (ISO 639-1, e.g. hi) choose among the served models;
-        neither: the first one."""
+        neither: the first one. `decoding`: greedy (exactly NeMo's) or beam (CTC beam search, with the model's
+        n-gram LM if it has one); default: the server's ASR_DECODING. `hotwords`: `phrase[:weight], ...` to
+        favour (a negative weight disfavours); they imply beam search."""
         import anyio
 
         try:
             served = self.catalog.select(model, language)
+            chosen = choose_decoding(decoding, hotwords)
             if ctx is not None:
                 ctx.request.state.asr_model = served.name  # for the request metrics (service/api/http.py)
-            transcript = await self.run(await anyio.Path(audio).read_bytes(), served)
+            transcript = await self.run(await anyio.Path(audio).read_bytes(), served, chosen)
             if ctx is not None:
                 ctx.request.state.asr_audio_s = transcript.duration_s  # for the request's log line
         except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
@@ -350,7 +416,7 @@ class Transcriber:
         ]
         return {"model": default.tag, "language": default.language, **status, "models": models}
 
-    async def run(self, data: bytes, served: ServedModel) -> Transcript:
+    async def run(self, data: bytes, served: ServedModel, decoding: Decoding = GREEDY) -> Transcript:
         """Bytes of an audio file -> transcript with the model chosen by catalog.select: decode, cut,
         recognise (batched, in that model's queue), assemble."""
         import threading
@@ -398,8 +464,9 @@ class Transcriber:
         except BaseException:
             stop.set()
             raise
+        method = served.logprobs_method if decoding.beam else served.method
         try:
-            raw = await self._recognize(served, [s.samples for s in segments])
+            raw = await self._recognize(served, [s.samples for s in segments], method)
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             # The recognizer process died (and is being restarted by BentoML's arbiter): retryable.
             log.warning("recognizer call failed: %r", exc)
@@ -410,10 +477,13 @@ class Transcriber:
             if getattr(exc, "error_code", None) == 503 or "overload" in str(exc).lower():
                 raise Overloaded("the recognizer is overloaded; retry shortly") from exc
             raise
-        results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
-        failed = next((r.error for r in results if r.error), "")
-        if failed:
-            raise RecognizerUnavailable(f"{failed}; retry shortly")
+        if decoding.beam:
+            results: list[Any] = await self._beam_search(served, raw, decoding)
+        else:
+            results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
+            failed = next((r.error for r in results if r.error), "")
+            if failed:
+                raise RecognizerUnavailable(f"{failed}; retry shortly")
         total = decoded.samples.shape[0]
         transcript = assemble(
             segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s, total, speech_s
@@ -428,10 +498,26 @@ class Transcriber:
         metrics.SEGMENTS_PER_REQUEST.labels(model=served.name).observe(len(segments))
         return transcript
 
-    async def _recognize(self, served: ServedModel, segments: list[np.ndarray]) -> list[Any]:
+    async def _beam_search(self, served: ServedModel, logprobs: list[np.ndarray], decoding: Decoding) -> list[Any]:
+        """Each segment's log-probabilities through beam search, in the decoding processes."""
+        columns = len(served.manifest.vocabulary) + 1
+        if any(lp.ndim != 2 or lp.shape[0] == 0 or lp.shape[1] != columns for lp in logprobs):
+            raise RecognizerUnavailable("the model could not run; the server log has the details; retry shortly")
+        from concurrent.futures.process import BrokenProcessPool
+
+        width = decoding.width or SETTINGS.beam_width or served.manifest.decoder.beam_width
+        try:
+            return list(
+                await asyncio.gather(*(self.beams.decode(served.name, lp, width, decoding.hotwords) for lp in logprobs))
+            )
+        except BrokenProcessPool as exc:
+            log.error("a beam search process died: %r", exc)
+            raise RecognizerUnavailable("beam search failed (its process died); retry shortly") from exc
+
+    async def _recognize(self, served: ServedModel, segments: list[np.ndarray], method: str) -> list[Any]:
         """Every segment through the model's batch queue, at most SEGMENTS_IN_FLIGHT at a time; results in order."""
 
-        remote = getattr(self.recognizer.to_async, served.method)
+        remote = getattr(self.recognizer.to_async, method)
         in_flight = metrics.SEGMENTS_IN_FLIGHT.labels(model=served.name)
 
         async def infer(batch: list[np.ndarray]) -> list[Any]:
@@ -489,7 +575,10 @@ Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_body=SETTINGS.max_upload_bytes,
     routes={
-        "/transcribe": FormRoute("audio", frozenset({"audio", "timestamps", "response_format", "model", "language"})),
+        "/transcribe": FormRoute(
+            "audio",
+            frozenset({"audio", "timestamps", "response_format", "model", "language", "decoding", "hotwords"}),
+        ),
         "/v1/audio/transcriptions": FormRoute("file", OPENAI_FIELDS, style="openai", allow_unknown=True),
     },
     max_concurrency=SETTINGS.max_concurrency,

@@ -58,6 +58,17 @@ class Settings:
     # Adaptive batching of segments in the recognizer.
     batch_max_size: int = 16
     batch_max_latency_ms: int = 10_000
+    # How token log-probabilities become text when a request does not say (`decoding`): greedy (argmax per
+    # frame, exactly NeMo's) or beam (CTC prefix beam search, with the model's n-gram LM if it has one).
+    decoding: str = "greedy"
+    # Beam search: prefixes kept per frame. 0: the model's own (its manifest's `decoder.beam_width`, else 16).
+    beam_width: int = 0
+    # Beam search: processes that decode (pure Python; one per core keeps the entry's own thread free).
+    beam_workers: int = 2
+    # Hotwords: weight of a phrase given without one, most phrases per request, most words per phrase.
+    hotword_weight: float = 10.0
+    max_hotwords: int = 100
+    max_hotword_words: int = 5
     # Requests in flight before 429, and seconds before 504.
     max_concurrency: int = 64
     timeout_s: int = 300
@@ -104,6 +115,12 @@ class Settings:
             raise bad("device", "use auto, cpu or cuda")
         if self.segmenter not in ("vad", "energy"):
             raise bad("segmenter", "use vad or energy")
+        if self.decoding not in ("greedy", "beam"):
+            raise bad("decoding", "use greedy or beam")
+        if not 0 <= self.beam_width <= 512:
+            raise bad("beam_width", "use 1 to 512, or 0 for the model's own")
+        if not abs(self.hotword_weight) <= 100:
+            raise bad("hotword_weight", "use -100 to 100")
         if self.variant not in ("", "optimized", "int8", "fp16"):
             raise bad("variant", "use optimized, int8, fp16 or leave it empty")
         if any(not t or " " in t for t in self.model_tags):
@@ -116,6 +133,9 @@ class Settings:
             "batch_max_latency_ms": "the batcher's latency bound in ms must be above 0",
             "timeout_s": "seconds before 504 must be at least 1",
             "max_concurrency": "requests in flight must be at least 1",
+            "beam_workers": "beam search needs at least 1 process",
+            "max_hotwords": "at least 1 hotword per request",
+            "max_hotword_words": "a hotword phrase holds at least 1 word",
         }
         for name, rule in positive.items():
             if not getattr(self, name) > 0:

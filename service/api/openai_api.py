@@ -71,7 +71,7 @@ async def transcriptions(request: Request) -> Response:
         finally:
             await form.close()
         request.state.asr_model = options["model"].name  # for the request metrics (service/api/http.py)
-        transcript = await service.run(data, options["model"])
+        transcript = await service.run(data, options["model"], options["decoding"])
         request.state.asr_audio_s = transcript.duration_s  # for the request's log line
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
         return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message, exc.param), int(exc.status))
@@ -97,10 +97,18 @@ def _options(form: Any, service: Any) -> dict[str, Any]:
     temperature = form.get("temperature")
     if temperature not in (None, ""):
         try:
-            float(str(temperature))  # accepted and ignored: decoding is greedy
+            float(str(temperature))  # accepted and ignored: no sampling in CTC decoding
         except ValueError:
             raise BadRequest("temperature must be a number", "temperature") from None
-    return {"response_format": fmt, "granularities": grains, "model": chosen}
+    # The prompt is read as hotwords (`phrase[:weight], ...`, as /transcribe's `hotwords`): beam search favours
+    # those phrases. Without a prompt, ASR_DECODING decides.
+    from service.service import choose_decoding
+
+    try:
+        decoding = choose_decoding("", str(form.get("prompt") or ""))
+    except BadRequest as exc:
+        raise BadRequest(f"the prompt is read as hotwords: {exc.message}", "prompt") from None
+    return {"response_format": fmt, "granularities": grains, "model": chosen, "decoding": decoding}
 
 
 def _model_object(m: Any) -> dict[str, Any]:

@@ -157,7 +157,23 @@ class Recognizer:
             return [SegmentResult.failed(reason)] * len(batch)
 
     def run(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
-        """One session run over a zero-padded batch; each item decoded over its own valid frames."""
+        """One session run over a zero-padded batch; each item decoded greedily over its own valid frames."""
+        results = []
+        for logprobs in self.forward(batch):
+            g = greedy_decode(logprobs, logprobs.shape[0], self.manifest.blank_id)
+            results.append(
+                SegmentResult(
+                    token_ids=g.token_ids.tolist(),
+                    first_frame=g.first_frame.tolist(),
+                    last_frame=g.last_frame.tolist(),
+                    probability=[round(float(p), 6) for p in g.probability],
+                    frames=g.frames,
+                )
+            )
+        return results
+
+    def forward(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
+        """One session run over a zero-padded batch: each item's log-probabilities over its valid frames."""
         if not batch:
             return []
         lengths = np.array([a.shape[0] for a in batch], dtype=np.int64)
@@ -170,19 +186,21 @@ class Recognizer:
             )
         except Exception as exc:  # ORT's own error types (Fail, RuntimeException, EPFail, ...) share no base
             raise SessionRunError(type(exc).__name__, str(exc)) from exc
-        results = []
-        for i in range(len(batch)):
-            g = greedy_decode(logprobs[i], int(out_lengths[i]), self.manifest.blank_id)
-            results.append(
-                SegmentResult(
-                    token_ids=g.token_ids.tolist(),
-                    first_frame=g.first_frame.tolist(),
-                    last_frame=g.last_frame.tolist(),
-                    probability=[round(float(p), 6) for p in g.probability],
-                    frames=g.frames,
-                )
-            )
-        return results
+        valid = [max(0, min(int(n), logprobs.shape[1])) for n in out_lengths]
+        return [np.ascontiguousarray(logprobs[i, : valid[i]]) for i in range(len(batch))]
+
+    def logprobs(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
+        """Log-probabilities for beam search, batched like infer(). A failed run gives empty arrays of one
+        column (the entry answers 503 `unavailable` for them, like a failed greedy result)."""
+        out: list[npt.NDArray[np.float32]] = [np.zeros((0, 1), np.float32)] * len(batch)
+        groups = [[i] for i in range(len(batch))] if self.single_runs else length_buckets([a.shape[0] for a in batch])
+        for group in groups:
+            try:
+                for i, lp in zip(group, self.forward([batch[i] for i in group]), strict=True):
+                    out[i] = lp
+            except SessionRunError as exc:
+                log.error("ONNX Runtime failed on %d segment(s) of model %s: %s", len(group), self.manifest.name, exc)
+        return out
 
     def warmup(self) -> None:
         """The first runs allocate and tune; do them before readiness turns green."""

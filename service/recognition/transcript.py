@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.audio.segment import Segment
+from service.recognition.beam import BeamText
 from service.recognition.recognizer import SegmentResult
 from service.recognition.tokens import Detokenizer
 
@@ -87,9 +88,23 @@ def segment_words(
     return words
 
 
+def beam_words(result: BeamText, frame_shift_s: float, offset_s: float, end_s: float) -> list[TimedWord]:
+    """A beam's words, timed by the same rule as greedy's (the beam reports each word's first frame and the
+    frame after its last token)."""
+    words = []
+    for i, w in enumerate(result.words):
+        start = min(end_s, offset_s + w.first_frame * frame_shift_s)
+        end = offset_s + (w.end_frame + END_PAD_FRAMES) * frame_shift_s
+        if i + 1 < len(result.words):
+            end = min(end, offset_s + result.words[i + 1].first_frame * frame_shift_s)
+        end = min(end_s, end)
+        words.append(TimedWord(w.word, round(start, 3), round(max(start, end), 3), w.confidence))
+    return words
+
+
 def assemble(
     segments: Sequence[Segment],
-    results: Sequence[SegmentResult],
+    results: Sequence[SegmentResult | BeamText],
     detok: Detokenizer,
     frame_shift_s: float,
     rate: int,
@@ -97,7 +112,7 @@ def assemble(
     total: int | None = None,
     speech_s: float | None = None,
 ) -> Transcript:
-    """One segment: the text is exactly NeMo's. Several: each segment's text, stripped, joined by spaces.
+    """One segment: the text is exactly NeMo's (greedy). Several: each segment's text, stripped, joined by spaces.
     Every time is in milliseconds' precision and within one duration: the audio's as sent, rounded to the ms
     (resampling can make the model-rate length differ from it in the sixth decimal), and a segment that ends
     where the audio's `total` samples do ends at that duration (without `total`: the last segment)."""
@@ -110,14 +125,23 @@ def assemble(
         reaches_end = (stop == total) if total is not None else (seg is segments[-1])
         if reaches_end:
             end = duration_s
-        logs = [math.log(max(p, 1e-12)) for p in res.probability]
+        if isinstance(res, BeamText):  # beam search: its words' confidences, no token ids
+            text, words, token_ids = res.text, beam_words(res, frame_shift_s, start, end), []
+            logs = [math.log(max(w.confidence, 1e-12)) for w in words]
+        else:
+            text, words, token_ids = (
+                detok.text(res.token_ids),
+                segment_words(res, detok, frame_shift_s, start, end),
+                res.token_ids,
+            )
+            logs = [math.log(max(p, 1e-12)) for p in res.probability]
         parts.append(
             SegmentText(
                 start=start,
                 end=end,
-                text=detok.text(res.token_ids),
-                words=segment_words(res, detok, frame_shift_s, start, end),
-                token_ids=list(res.token_ids),
+                text=text,
+                words=words,
+                token_ids=list(token_ids),
                 avg_logprob=sum(logs) / len(logs) if logs else 0.0,
                 no_speech_prob=seg.no_speech_prob,
             )
