@@ -30,5 +30,9 @@ export PYTHONWARNINGS=ignore
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[export,test]"
+# Beam search's decoder. pyctcdecode 0.5.0 declares numpy<2 but runs on NumPy 2 (the whole suite runs it
+# there); without --no-deps pip would downgrade NumPy under everything else. The image does the same
+# (scripts/image_setup.sh).
+.venv/bin/python -m pip install -q --no-deps "pyctcdecode==0.5.0" 2>&1 | grep -v "dependency resolver\|requires numpy" || true
 echo "$stamp" > .venv/.setup-stamp
 echo "setup: ready (.venv)" >&2

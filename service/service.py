@@ -304,6 +304,8 @@ class Transcriber:
         # search is the default); each model's n-gram LM from its store entry
         from service.recognition.beam import BeamPool, LMSpec
 
+        if importlib.util.find_spec("pyctcdecode") is None:
+            _fail("beam search's pyctcdecode is not installed: pip install --no-deps pyctcdecode==0.5.0")
         specs = {}
         for served, entry in zip(self.catalog.models, _store_entries(self), strict=True):
             d = served.manifest.decoder

@@ -114,9 +114,12 @@ def _openai_transcriptions() -> dict[str, Any]:
         "file": {"type": "string", "format": "binary", "description": "the audio file"},
         "model": {"type": "string", "description": "a served model's name (GET /v1/models); empty: the default"},
         "language": {"type": "string", "description": "ISO 639-1; chooses among the served models"},
-        "prompt": {"type": "string", "description": "accepted and ignored"},
+        "prompt": {
+            "type": "string",
+            "description": "read as hotwords: `phrase[:weight], ...` favoured by beam search (see /transcribe)",
+        },
         "response_format": {"type": "string", "enum": ["json", "text", "srt", "vtt", "verbose_json"]},
-        "temperature": {"type": "number", "description": "accepted and ignored: decoding is greedy"},
+        "temperature": {"type": "number", "description": "accepted and ignored: CTC decoding does not sample"},
         "timestamp_granularities[]": {
             "type": "array",
             "items": {"type": "string", "enum": ["word", "segment"]},
