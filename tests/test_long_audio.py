@@ -264,7 +264,6 @@ def test_openai_sdk_round_trip(server: Server, tmp_path: Path, tiny_char: Export
             response_format="verbose_json",
             timestamp_granularities=["word", "segment"],
             language="mr",
-            prompt="ignored",
             temperature=0.0,
         )
     assert verbose.text == ours["text"] and verbose.words and verbose.segments and verbose.language == "marathi"
