@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -57,12 +58,12 @@ async def transcribe(url: str, jobs: list[tuple[bytes, dict[str, str]]], clients
     return texts, time.perf_counter() - started
 
 
-def export_models(home: Path, work: Path) -> None:
+def export_models(work: Path) -> None:
+    """Both models into the store at BENTOML_HOME."""
     from export.__main__ import quiet_nemo
     from export.pipeline import DecoderOptions, Options, run
     from export.sources import from_nemo
 
-    os.environ["BENTOML_HOME"] = str(home)
     train, _ = training_and_heldout(20000, 10, seed=101)  # fresh sentences of the training domain
     arpa = work / "domain.arpa"
     arpa.write_text(build_arpa([s.split() for s in train], 3), encoding="utf-8")
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="asr-beam-"))
+    os.environ["BENTOML_HOME"] = str(home)  # before anything opens the store
     sentences = read_heldout()[: args.sentences]
     audio = conditions(sentences)
     rows: list[str] = []
@@ -108,9 +111,8 @@ def main() -> None:
     pool = sorted({w for words in rare for w in words})
     picker = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
-        home, work = Path(tmp) / "home", Path(tmp) / "work"
-        work.mkdir()
-        export_models(home, work)
+        work = Path(tmp)
+        export_models(work)
         env = {"BENTOML_HOME": str(home), "ASR_MODELS": f"{PLAIN},{WITH_LM}", "ASR_DEVICE": "cpu"}
         with Server(env, work / "server.log") as server:
             for condition in ("clean", "10 dB SNR"):
@@ -141,6 +143,7 @@ def main() -> None:
                     )
                     speed.append(f"| {condition} | {mode} | {seconds / wall:.1f} |")
                     print(rows[-1], speed[-1], flush=True)
+    shutil.rmtree(home, ignore_errors=True)
     out = ROOT / "benchmarks" / "results" / "beam.md"
     out.write_text(
         "# Beam search, n-gram LM and hotwords (benchmarks/beam.py)\n\n"

@@ -313,7 +313,7 @@ class Transcriber:
             if lm is not None and importlib.util.find_spec("kenlm") is None:
                 _fail(
                     f"model {served.tag} has an n-gram LM ({d.lm_file}) and KenLM's Python module is not installed: "
-                    "pip install kenlm==0.3.0 (needs g++), or export the model without --lm"
+                    "pip install kenlm==0.3.0 (it builds with g++), or export the model without --lm"
                 )
             m = served.manifest
             unknown = [i for i, kind in m.tokenizer.special.items() if kind == "unknown"]

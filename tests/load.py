@@ -20,7 +20,7 @@ class SoakReport:
     statuses: dict[int, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # transport errors
     rss_mb: list[float] = field(default_factory=list)  # all server processes together, sampled every second
-    fds: list[int] = field(default_factory=list)
+    fds: list[float] = field(default_factory=list)
     temp_files: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
 
@@ -36,8 +36,8 @@ class SoakReport:
         start, end = self._medians(series, warmup)
         return (end - start) / start if start else 0.0
 
-    def growth_mb(self, series: list[float], warmup: float = 0.2) -> float:
-        """The same growth in MB."""
+    def rise(self, series: list[float], warmup: float = 0.2) -> float:
+        """The same growth in the series' own unit (MB, file descriptors)."""
         start, end = self._medians(series, warmup)
         return end - start
 

@@ -40,9 +40,27 @@ def build(*args: str, offline: bool = True) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_bpe: Exported, tiny_char: Exported) -> str:
-    """Two models (the first the default), as ASR_MODELS gives them to scripts/build.sh."""
-    return f"{tiny_bpe.tag},{tiny_char.tag}"
+def lm_model(tiny_char: Exported, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tiny_char with an n-gram LM packed the way the export packs one (`--lm`), as its own store entry."""
+    from export.lm import build_arpa
+    from export.pipeline import DecoderOptions, pack_decoder
+    from export.store import register
+
+    work = tmp_path_factory.mktemp("lm-model")
+    for file in ("model.onnx", "manifest.json"):
+        shutil.copy2(tiny_char.directory / file, work / file)
+    arpa = work / "text.arpa"
+    arpa.write_text(build_arpa([s.split() for s in speech.SENTENCES], 3), encoding="utf-8")
+    m = tiny_char.manifest
+    spec = pack_decoder(DecoderOptions(arpa, 0.5, 1.0, 8), (list(m.vocabulary), m.blank_id, m.tokenizer), work)
+    return register("tiny_char_lm", work, m.model_copy(update={"decoder": spec}))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bpe: Exported, tiny_char: Exported, lm_model: str) -> str:
+    """Three models (the first the default; the third has an n-gram LM), as ASR_MODELS gives them to
+    scripts/build.sh."""
+    return f"{tiny_bpe.tag},{tiny_char.tag},{lm_model}"
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +85,26 @@ def dev_text(tiny_bpe: Exported, speech_wav: bytes, tmp_path_factory: pytest.Tem
         return str(transcribe(server.url, speech_wav)["text"])
 
 
+@pytest.fixture(scope="module")
+def dev_beam(lm_model: str, speech_wav: bytes, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """The development server's beam search answers for the LM model: with its LM, and with hotwords too."""
+    log = tmp_path_factory.mktemp("dev-beam") / "dev.log"
+    with Server({"ASR_MODEL": lm_model, "ASR_DEVICE": "cpu"}, log) as server:
+        with_lm = str(transcribe(server.url, speech_wav, decoding="beam")["text"])
+        hot = str(transcribe(server.url, speech_wav, hotwords="समझ:50")["text"])
+    return with_lm, hot
+
+
 def transcribe(url: str, wav: bytes, **fields: str) -> dict[str, object]:
     r = httpx.post(url + "/transcribe", files={"audio": ("s.wav", wav, "audio/wav")}, data=fields, timeout=120)
     assert r.status_code == 200, r.text
     return dict(r.json())
+
+
+def bentoml_model_path(tag: str) -> str:
+    import bentoml
+
+    return str(bentoml.models.get(tag).path)
 
 
 def bento_path(tag: str) -> Path:
@@ -84,6 +118,7 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     names = {line.split("==")[0].split("[")[0].strip() for line in requirements.splitlines() if line.strip()}
     assert not names & set(FORBIDDEN), names
     assert "onnxruntime-gpu" in names and all("==" in line for line in requirements.splitlines() if line.strip())
+    assert "kenlm" in names  # n-gram LMs (pyctcdecode: the image's setup script, without its numpy<2 pin)
     files = {p.relative_to(path / "src").as_posix() for p in (path / "src").rglob("*") if p.is_file()}
     assert "service/service.py" in files and not any(f.startswith(("tests/", "export/")) for f in files)
     # the VAD's graph and Silero's licence travel with it (its source graph, in export/, does not)
@@ -91,6 +126,8 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     spec = yaml.safe_load((path / "bento.yaml").read_text())
     tags = {m["tag"] for s in spec["services"] for m in s.get("models", [])}
     assert tags == set(models.split(",")) and spec["args"]["models"] == models
+    # the n-gram LM travels in its model's store entry
+    assert (Path(bentoml_model_path(models.split(",")[2])) / "lm.arpa").is_file()
     document = yaml.safe_load((path / "apis" / "openapi.yaml").read_text())  # ours (service/api/openapi.py)
     assert {"/transcribe", "/v1/audio/transcriptions", "/v1/models/{model_id}"} <= set(document["paths"])
 
@@ -161,7 +198,7 @@ class Container:
 
 
 def test_container_answers_like_the_dev_server(
-    image: tuple[str, str], models: str, speech_wav: bytes, dev_text: str
+    image: tuple[str, str], models: str, speech_wav: bytes, dev_text: str, dev_beam: tuple[str, str]
 ) -> None:
     tool, name = image
     c = Container(tool, name, {"ASR_DEVICE": "auto"})
@@ -180,6 +217,10 @@ def test_container_answers_like_the_dev_server(
         assert not any(f"{p}==" in listed or f"\n{p} " in listed for p in FORBIDDEN)
         assert c.exec("python", "-c", "import torch").returncode != 0
         assert httpx.post(c.url + "/status", timeout=10).json()["providers"] == ["CPUExecutionProvider"]
+        # beam search with the packed n-gram LM (KenLM built in the image), and hotwords, as the dev server
+        lm_name = models.split(",")[2].split(":")[0]
+        assert transcribe(c.url, speech_wav, model=lm_name, decoding="beam")["text"] == dev_beam[0]
+        assert transcribe(c.url, speech_wav, model=lm_name, hotwords="समझ:50")["text"] == dev_beam[1]
     finally:
         c.remove()
 

@@ -35,8 +35,11 @@ def test_short_soak(tiny_bpe: Exported, tmp_path: Path) -> None:
     # Flat after warm-up (the target: < 5 %). Before the fix of BentoML's timeout timers
     # (service.patches._release_timeout_timers) every answered request stayed in memory for 300 s: +42 % in
     # the 5-minute soak, ~70-100 KB a request.
-    per_request_kb = report.growth_mb(report.rss_mb) * 1024 / max(1, report.requests * 0.6)
+    per_request_kb = report.rise(report.rss_mb) * 1024 / max(1, report.requests * 0.6)
     print(f"RSS growth after warm-up: {per_request_kb:.0f} KB per request")
     assert report.growth(report.rss_mb) < 0.05 and per_request_kb < 20
-    assert max(report.fds[len(report.fds) // 5 :]) <= max(report.fds[: max(1, len(report.fds) // 5)]) + 4
+    # Descriptors: flat after warm-up (a leak of one per request would add thousands). The samples swing by
+    # the uploads open at that second, one per request in flight (CI saw 103 -> 112 with a flat median).
+    assert report.rise(report.fds) <= 4
+    assert max(report.fds[len(report.fds) // 5 :]) <= max(report.fds[: max(1, len(report.fds) // 5)]) + 16
     assert max(report.temp_files) <= 16  # at most one upload per request in flight
