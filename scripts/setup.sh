@@ -21,7 +21,10 @@ PYTHON=${PYTHON:-python3}
 # Nothing to do when the environment was made from these very files (the stamp is a hash of them): a start of
 # scripts/serve.sh then costs no time and prints nothing.
 stamp=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -x .venv/bin/python ] && [ "$(cat .venv/.setup-stamp 2>/dev/null)" = "$stamp" ]; then
+# KenLM's Python module (n-gram LMs in beam search): PyPI has only its source, so it is built here once (g++)
+# into build/wheels, installed from there, and packed into bentos from there (bentofile.yaml `wheels`).
+kenlm_wheel=build/wheels/kenlm-0.3.0-cp311-cp311-linux_x86_64.whl
+if [ -x .venv/bin/python ] && [ "$(cat .venv/.setup-stamp 2>/dev/null)" = "$stamp" ] && [ -f "$kenlm_wheel" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -29,7 +32,9 @@ fi
 export PYTHONWARNINGS=ignore
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[export,test]"
+mkdir -p build/wheels
+[ -f "$kenlm_wheel" ] || .venv/bin/python -m pip wheel -q --no-deps "kenlm==0.3.0" -w build/wheels
+.venv/bin/python -m pip install -q --find-links build/wheels -e ".[export,test]"
 # Beam search's decoder. pyctcdecode 0.5.0 declares numpy<2 but runs on NumPy 2 (the whole suite runs it
 # there); without --no-deps pip would downgrade NumPy under everything else. The image does the same
 # (scripts/image_setup.sh).
