@@ -320,3 +320,23 @@ def test_readme_hotwords_example_runs(server: Server, tmp_path: Path) -> None:
     out = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
     body = json_loads(out.stdout)
     assert "समझ" in body["text"].split() and body["words"]
+
+
+def test_lm_command_writes_an_arpa_fitted_to_the_model(tiny_char: Exported, tmp_path: Path) -> None:
+    import kenlm
+
+    from export.lm import main
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("नमस्ते, दुनिया! hello\nहम सब समझ सकते हैं।\n\n", encoding="utf-8")
+    out = tmp_path / "lm.arpa"
+    assert main(["--text", str(text), "--out", str(out), "--order", "2", "--model", tiny_char.tag]) == 0
+    model = kenlm.Model(str(out))
+    first_order = out.read_text(encoding="utf-8").split("\\2-grams:")[0]
+    unigrams = {line.split("\t")[1] for line in first_order.splitlines() if "\t" in line}
+    # fitted to the model's characters: no Latin word, no punctuation stuck to a word ("।" is not in it either)
+    assert {"नमस्ते", "दुनिया", "सकते"} <= unigrams and not {"hello", "नमस्ते,", "हैं।"} & unigrams
+    assert model.order == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    assert main(["--text", str(empty), "--out", str(tmp_path / "none.arpa")]) == 1
