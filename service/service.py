@@ -507,7 +507,7 @@ class Transcriber:
             raise RecognizerUnavailable("the model could not run; the server log has the details; retry shortly")
         from concurrent.futures.process import BrokenProcessPool
 
-        width = decoding.width or SETTINGS.beam_width or served.manifest.decoder.beam_width
+        width = SETTINGS.beam_width or served.manifest.decoder.beam_width
         try:
             return list(
                 await asyncio.gather(*(self.beams.decode(served.name, lp, width, decoding.hotwords) for lp in logprobs))

@@ -74,8 +74,7 @@ def parse_hotwords(text: str, default_weight: float, max_count: int, max_words: 
 class Decoding:
     """How one request's log-probabilities become text."""
 
-    beam: bool = False  # False: greedy (exactly NeMo)
-    width: int = 0  # beam: prefixes kept per frame (0: the model's own)
+    beam: bool = False  # False: greedy (exactly NeMo); beam: ASR_BEAM_WIDTH or the model's own width
     hotwords: tuple[Hotword, ...] = ()
 
 
