@@ -65,19 +65,16 @@ class DecoderOptions:
 def pack_decoder(options: DecoderOptions, vocab: tuple[list[str], int, Any], out_dir: Path) -> DecoderSpec:
     """The manifest's decoder entry; the LM copied beside the graph as lm.arpa or lm.bin, after a beam search
     with it has run on this vocabulary (an LM KenLM cannot read fails the export, not the service)."""
-    from service.recognition.beam import BeamDecoder, LMSpec
+    from service.recognition.beam import BeamDecoder, LMSpec, is_arpa
 
     if options.lm is None:
         return DecoderSpec(beam_width=options.beam_width)
-    with open(options.lm, "rb") as f:
-        arpa = f.read(4096).lstrip().startswith(b"\\data\\")
-    file = "lm.arpa" if arpa else "lm.bin"
+    file = "lm.arpa" if is_arpa(options.lm) else "lm.bin"
     shutil.copy2(options.lm, out_dir / file)
     vocabulary, blank_id, tokenizer = vocab
-    unknown = [i for i, kind in tokenizer.special.items() if kind == "unknown"]
     try:
         lm = LMSpec(str(out_dir / file), options.lm_alpha, options.lm_beta)
-        decoder = BeamDecoder(vocabulary, blank_id, lm, unknown)
+        decoder = BeamDecoder(vocabulary, blank_id, lm, tokenizer.unknown_ids)
         decoder.decode(np.full((8, len(vocabulary) + 1), -np.log(len(vocabulary) + 1), np.float32), 4)
     except Exception as exc:
         raise LMError(f"the language model {options.lm} cannot be used: {exc}") from exc

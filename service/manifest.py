@@ -45,6 +45,11 @@ class TokenizerSpec(_Frozen):
     # NeMo removes one whitespace character before each of these (extract_punctuation_from_vocab).
     punctuation: list[str] = Field(default_factory=list)
 
+    @property
+    def unknown_ids(self) -> list[int]:
+        """Ids of the <unk> pieces."""
+        return [i for i, kind in self.special.items() if kind == "unknown"]
+
 
 class ParityReport(_Frozen):
     """What the export measured against NeMo before it registered the model."""

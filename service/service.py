@@ -140,17 +140,21 @@ def _store_entries(service: Any) -> list[Any]:
     return [getattr(service, f"model_{index}") for index in range(len(MODELS))]
 
 
+def _count_runs(engine: Engine, results: list[Any], failed: int) -> None:
+    """The recognizer's segments run and failed, by model."""
+    name = engine.manifest.name
+    if failed:
+        metrics.SEGMENTS_RUN.labels(model=name, outcome="failed").inc(failed)
+    metrics.SEGMENTS_RUN.labels(model=name, outcome="run").inc(len(results) - failed)
+
+
 def _infer_api(index: int) -> Any:
     """Model `index`'s batchable API: each model has its own adaptive-batching queue, so no batch mixes models."""
 
     def infer(self: Any, segments: list[np.ndarray]) -> list[SegmentResult]:
         engine: Engine = self.engines[index]
         results = engine.infer(segments)
-        failed = sum(1 for r in results if r.error)
-        name = engine.manifest.name
-        if failed:
-            metrics.SEGMENTS_RUN.labels(model=name, outcome="failed").inc(failed)
-        metrics.SEGMENTS_RUN.labels(model=name, outcome="run").inc(len(results) - failed)
+        _count_runs(engine, results, sum(1 for r in results if r.error))
         return results
 
     infer.__name__ = infer.__qualname__ = _method(index)
@@ -166,11 +170,7 @@ def _logprobs_api(index: int) -> Any:
     def logprobs(self: Any, segments: list[np.ndarray]) -> list[np.ndarray]:
         engine: Engine = self.engines[index]
         results = engine.logprobs(segments)
-        failed = sum(1 for r in results if r.shape[0] == 0)
-        name = engine.manifest.name
-        if failed:
-            metrics.SEGMENTS_RUN.labels(model=name, outcome="failed").inc(failed)
-        metrics.SEGMENTS_RUN.labels(model=name, outcome="run").inc(len(results) - failed)
+        _count_runs(engine, results, sum(1 for r in results if r.shape[0] == 0))
         return results
 
     logprobs.__name__ = logprobs.__qualname__ = _method(index, "logprobs")
@@ -316,8 +316,7 @@ class Transcriber:
                     "pip install kenlm==0.3.0 (it builds with g++), or export the model without --lm"
                 )
             m = served.manifest
-            unknown = [i for i, kind in m.tokenizer.special.items() if kind == "unknown"]
-            specs[served.name] = (list(m.vocabulary), m.blank_id, lm, unknown)
+            specs[served.name] = (list(m.vocabulary), m.blank_id, lm, m.tokenizer.unknown_ids)
         self.beams = BeamPool(specs, SETTINGS.beam_workers)
         if SETTINGS.decoding == "beam":
             self.beams.start()

@@ -119,8 +119,7 @@ def test_width_one_is_greedy(demo: Exported, demo_engine: Recognizer, tiny_bpe: 
     for model, engine in cases:
         m = model.manifest
         detok = Detokenizer(m.vocabulary, m.tokenizer)
-        unknown = [i for i, kind in m.tokenizer.special.items() if kind == "unknown"]
-        decoder = BeamDecoder(m.vocabulary, m.blank_id, None, unknown)
+        decoder = BeamDecoder(m.vocabulary, m.blank_id, None, m.tokenizer.unknown_ids)
         for clip in clips:
             logprobs = engine.forward([clip])[0]
             greedy = detok.text(greedy_decode(logprobs, logprobs.shape[0], m.blank_id).token_ids.tolist())

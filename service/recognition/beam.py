@@ -12,12 +12,14 @@ for tens of milliseconds per segment.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,11 +103,12 @@ class BeamText:
 
     text: str
     words: list[BeamWord]
-    frames: int
 
 
-def _hotword_scorer(hotwords: Sequence[Hotword]) -> Any:
-    """pyctcdecode's HotwordScorer with a weight per phrase (its own takes one weight for all)."""
+@functools.lru_cache(maxsize=64)
+def _hotword_scorer(hotwords: tuple[Hotword, ...]) -> Any:
+    """pyctcdecode's HotwordScorer with a weight per phrase (its own takes one weight for all). Built once per
+    list, not once per segment: a long request's segments share their request's hotwords."""
     from pyctcdecode.language_model import HotwordScorer
 
     by_weight: dict[float, list[str]] = {}
@@ -150,7 +153,8 @@ def _label(piece: str, unknown: bool) -> str:
     return piece
 
 
-def _is_arpa(path: str) -> bool:
+def is_arpa(path: str | Path) -> bool:
+    """An ARPA text file (else KenLM's binary format)."""
     with open(path, "rb") as f:
         return f.read(4096).lstrip().startswith(b"\\data\\")
 
@@ -175,9 +179,7 @@ class BeamDecoder:
             raise RuntimeError(f"pyctcdecode's _decode_logits takes {sorted(have)}; this code needs {sorted(wanted)}")
         labels = [_label(piece, unknown=i in unknown) for i, piece in enumerate(vocabulary)]
         labels.insert(blank_id, "")
-        self.labels = labels
         self.blank_id = blank_id
-        self.lm = lm
         language_model = None
         if lm is not None:
             import kenlm
@@ -192,7 +194,7 @@ class BeamDecoder:
                 def score(self, prev_state: Any, word: str, is_last_word: bool = False) -> Any:
                     return super().score(prev_state, word.replace(JOINER, ""), is_last_word)
 
-            unigrams = load_unigram_set_from_arpa(lm.path) if _is_arpa(lm.path) else None
+            unigrams = load_unigram_set_from_arpa(lm.path) if is_arpa(lm.path) else None
             language_model = Joined(kenlm.Model(lm.path), unigrams, alpha=lm.alpha, beta=lm.beta)
         self._decoder = BeamSearchDecoderCTC(Alphabet.build_alphabet(labels), language_model)
         self._surface = [label.replace(MARKER, "").replace(JOINER, "") for label in labels]
@@ -202,14 +204,14 @@ class BeamDecoder:
         """The best beam of one segment's [frames, vocab+1] log-probabilities (valid frames only)."""
         clipped = np.clip(logprobs.astype(np.float32), math.log(MIN_PROB), 0.0)
         if clipped.shape[0] == 0:
-            return BeamText("", [], 0)
+            return BeamText("", [])
         beams = self._decoder._decode_logits(
             clipped,  # type: ignore[arg-type]  # pyctcdecode's annotation wants an abstract float width
             beam_width=width,
             beam_prune_logp=PRUNE_LOGP,
             token_min_logp=TOKEN_MIN_LOGP,
             prune_history=False,
-            hotword_scorer=_hotword_scorer(hotwords),
+            hotword_scorer=_hotword_scorer(tuple(hotwords)),
         )
         text, _, word_frames, _, _ = beams[0]
         words = []
@@ -217,7 +219,7 @@ class BeamDecoder:
             w = w.replace(JOINER, "")
             if w:
                 words.append(BeamWord(w, int(a), int(b), self._confidence(clipped, w, int(a), int(b))))
-        return BeamText(" ".join(text.replace(JOINER, "").split()), words, int(clipped.shape[0]))
+        return BeamText(" ".join(text.replace(JOINER, "").split()), words)
 
     def _confidence(self, logprobs: npt.NDArray[np.float32], word: str, first: int, end: int) -> float:
         """Like greedy's (a token's mean probability over its frames), for a word whose tokens the beam does not
@@ -282,8 +284,3 @@ class BeamPool:
         except BrokenProcessPool:  # a decoding process died (killed, out of memory): the next call gets a new pool
             self._pool = None
             raise
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None

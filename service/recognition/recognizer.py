@@ -138,13 +138,17 @@ class Recognizer:
     def infer(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
         """Greedy CTC results in the batch's order. On CPU each item runs alone; on a GPU similar lengths share a
         session run (length_buckets)."""
-        if self.single_runs:
-            return [self.run_or_fail([a])[0] for a in batch]
         results: list[SegmentResult | None] = [None] * len(batch)
-        for group in length_buckets([a.shape[0] for a in batch]):
+        for group in self.groups(batch):
             for i, result in zip(group, self.run_or_fail([batch[i] for i in group]), strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
+
+    def groups(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[list[int]]:
+        """Which items share a session run: none on CPU, similar lengths on a GPU."""
+        if self.single_runs:
+            return [[i] for i in range(len(batch))]
+        return length_buckets([a.shape[0] for a in batch])
 
     def run_or_fail(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
         """run(), with a failure of ONNX Runtime itself turned into failed results (logged once each)."""
@@ -193,8 +197,7 @@ class Recognizer:
         """Log-probabilities for beam search, batched like infer(). A failed run gives empty arrays of one
         column (the entry answers 503 `unavailable` for them, like a failed greedy result)."""
         out: list[npt.NDArray[np.float32]] = [np.zeros((0, 1), np.float32)] * len(batch)
-        groups = [[i] for i in range(len(batch))] if self.single_runs else length_buckets([a.shape[0] for a in batch])
-        for group in groups:
+        for group in self.groups(batch):
             try:
                 for i, lp in zip(group, self.forward([batch[i] for i in group]), strict=True):
                     out[i] = lp
