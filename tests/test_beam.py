@@ -339,3 +339,33 @@ def test_lm_command_writes_an_arpa_fitted_to_the_model(tiny_char: Exported, tmp_
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
     assert main(["--text", str(empty), "--out", str(tmp_path / "none.arpa")]) == 1
+
+
+@needs_speech
+@pytest.mark.slow
+def test_bentoml_async_client_takes_the_decoding_fields(server: Server, tmp_path: Path) -> None:
+    import asyncio
+
+    path = tmp_path / "a.wav"
+    path.write_bytes(encode(speech.hindi(MISHEARD), 16000))
+
+    async def calls() -> tuple[Any, Any, Any, Any]:
+        async with bentoml.AsyncHTTPClient(server.url, timeout=120) as client:
+            beam = await client.transcribe(audio=path, decoding="beam", timestamps=True)
+        async with bentoml.AsyncHTTPClient(server.url, timeout=120) as client:
+            hot = await client.transcribe(audio=path, model=PLAIN, hotwords=HOTWORDS, response_format="vtt")
+        async with bentoml.AsyncHTTPClient(server.url, timeout=120) as client:
+            greedy = await client.transcribe(audio=path, model=PLAIN, decoding="greedy")
+        async with bentoml.AsyncHTTPClient(server.url, timeout=120) as client:
+            try:
+                await client.transcribe(audio=path, decoding="greedy", hotwords="समझ")
+                refused: Any = None
+            except bentoml.exceptions.BentoMLException as exc:
+                refused = exc
+        return beam, hot, greedy, refused
+
+    beam, hot, greedy, refused = asyncio.run(calls())
+    assert beam["text"] == MISHEARD and [w["word"] for w in beam["words"]] == MISHEARD.split()
+    assert WITH_HOTWORDS in hot and hot.startswith("WEBVTT")
+    assert greedy["text"] == HEARD
+    assert getattr(refused, "error_code", None) == 400 and "need beam search" in str(refused)
