@@ -59,9 +59,25 @@ try:
     SETTINGS = Settings.from_env()
 except (SettingsError, patches.PatchMismatch) as _exc:
     _fail(str(_exc))
-# Segments of one request in the recognizer's queue at once: a long file neither fills the queue past its
-# latency bound by itself (a 10-minute file is 20 segments) nor makes shorter requests wait behind all of it.
-SEGMENTS_IN_FLIGHT = max(4, SETTINGS.batch_max_size) if SETTINGS.device == "cuda" else 4
+
+
+def segments_in_flight(gpu: bool) -> int:
+    """Segments of one request in the recognizer's queue at once: a long file neither fills the queue past its
+    latency bound by itself (a 10-minute file is 20 segments) nor makes shorter requests wait behind all of it.
+    A GPU runs a whole batch at once: there a request may fill one."""
+    return max(4, SETTINGS.batch_max_size) if gpu else 4
+
+
+def entry_workers() -> int:
+    """ASR_ENTRY_WORKERS, or by default one process per two cores where the recognizer will have an NVIDIA GPU
+    (one entry process decodes and resamples for ~100x real time, a GPU recognises for thousands), else one."""
+    if SETTINGS.entry_workers:
+        return SETTINGS.entry_workers
+    from service.recognition.device import nvidia_gpu_present
+
+    if SETTINGS.device != "cpu" and nvidia_gpu_present():
+        return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
+    return 1
 
 
 GREEDY = Decoding()
@@ -184,6 +200,7 @@ class Recognizer:
     a second Python and BentoML; benchmarks/results/models.md has the figures)."""
 
     def __init__(self) -> None:
+        from service.catalog import segment_samples
         from service.manifest import Manifest
 
         self.engines: list[Engine] = []
@@ -191,7 +208,15 @@ class Recognizer:
             directory = Path(model.path)
             try:
                 manifest = Manifest.read(directory)
-                engine = Engine(directory, manifest, SETTINGS.device, SETTINGS.ort_threads, SETTINGS.variant)
+                engine = Engine(
+                    directory,
+                    manifest,
+                    SETTINGS.device,
+                    SETTINGS.ort_threads,
+                    SETTINGS.variant,
+                    SETTINGS.device_options,
+                    segment_samples(manifest, SETTINGS.segment_s),
+                )
             except Exception as exc:
                 # One clear line before BentoML logs the traceback; the service never turns ready.
                 reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -220,6 +245,9 @@ class Recognizer:
             # a model loaded without the device it was told to demand will not get it by waiting
             "permanent": not self._ready(),
             "providers": self.engines[0].providers,
+            # on a GPU provider (CUDA or TensorRT), wherever ASR_DEVICE=auto or cuda landed: the entry sizes the
+            # segments a request keeps in flight by it
+            "gpu": any(e.on_gpu for e in self.engines),
             "models": [
                 {"providers": e.providers, "graph": e.graph_file, "variant": SETTINGS.variant or "fp32"}
                 for e in self.engines
@@ -326,6 +354,7 @@ class Transcriber:
         # Requests check readiness until it is first true, then never again: a loaded model does not go away,
         # and a recognizer that dies shows as 503 `unavailable` from the call itself. Probes always ask.
         self._recognizer_ready = False
+        self._segments_in_flight = segments_in_flight(SETTINGS.device == "cuda")  # until the recognizer says
 
     async def __is_ready__(self) -> bool:
         return (await self._recognizer_status())["ready"] is True
@@ -341,6 +370,7 @@ class Transcriber:
             status = {"ready": False, "reason": reason, "providers": [], "models": []}
         if status["ready"] is True:
             self._recognizer_ready = True
+            self._segments_in_flight = segments_in_flight(bool(status.get("gpu")))
         READINESS.reason, READINESS.permanent = status["reason"], bool(status.get("permanent"))
         return status
 
@@ -516,7 +546,8 @@ class Transcriber:
             raise RecognizerUnavailable("beam search failed (its process died); retry shortly") from exc
 
     async def _recognize(self, served: ServedModel, segments: list[np.ndarray], method: str) -> list[Any]:
-        """Every segment through the model's batch queue, at most SEGMENTS_IN_FLIGHT at a time; results in order."""
+        """Every segment through the model's batch queue, at most segments_in_flight() at a time; results in
+        order."""
 
         remote = getattr(self.recognizer.to_async, method)
         in_flight = metrics.SEGMENTS_IN_FLIGHT.labels(model=served.name)
@@ -542,9 +573,9 @@ class Transcriber:
 
         if not segments:  # the VAD heard no speech in a long recording
             return []
-        if len(segments) <= SEGMENTS_IN_FLIGHT:
+        if len(segments) <= self._segments_in_flight:
             return await infer(segments)
-        window = asyncio.Semaphore(SEGMENTS_IN_FLIGHT)
+        window = asyncio.Semaphore(self._segments_in_flight)
 
         async def one(segment: np.ndarray) -> Any:
             async with window:
@@ -568,6 +599,7 @@ Transcriber = bentoml.asgi_app(openai_app, path="/v1")(  # type: ignore[misc]
         # RequestGuard enforces ASR_TIMEOUT_S and ASR_MAX_CONCURRENCY with our error bodies; BentoML's own
         # limits are a looser backstop for the other routes.
         traffic={"timeout": SETTINGS.timeout_s + 30, "max_concurrency": SETTINGS.max_concurrency * 2},
+        workers=entry_workers(),
     )(Transcriber)
 )
 

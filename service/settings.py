@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from service.recognition.device import DeviceOptions
+
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -27,6 +29,23 @@ class Settings:
     device: Device = "auto"
     # ONNX Runtime intra-op threads; 0 lets ORT choose (one per core).
     ort_threads: int = 0
+    # GPU: let fp32 matrix products use TF32 (Ampere and later; faster, no longer bit-faithful to the CPU graph).
+    allow_tf32: bool = False
+    # GPU: how cuDNN picks convolution algorithms: exhaustive (timed once per shape, at warm-up), heuristic or
+    # default.
+    cudnn_search: str = "exhaustive"
+    # GPU: run the graph with TensorRT (fp32 or fp16; empty: the CUDA provider only). Needs TensorRT 10's
+    # libraries in the image; the first start builds engines for a few minutes, later starts read the cache.
+    tensorrt: str = ""
+    # GPU: where TensorRT keeps its engines and timing cache (a volume, so restarts reuse them).
+    tensorrt_cache: str = "~/.cache/asr/tensorrt"
+    # GPU: the lengths in seconds segments are padded to (and batches to 1, 2, 4, ... ASR_BATCH_MAX_SIZE), all
+    # run at warm-up, so serving meets no new shape; the model's longest segment is always the last.
+    # off: each run padded to its longest segment.
+    buckets_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+    # Entry worker processes (decoding, resampling, the VAD, HTTP). 0: one per two cores on a host with an NVIDIA
+    # GPU (the entry must keep up with it), else 1.
+    entry_workers: int = 0
     # Largest upload accepted, in megabytes (checked while the body arrives).
     max_upload_mb: float = 100.0
     # Shortest and longest audio accepted, in seconds (after decoding).
@@ -96,7 +115,10 @@ class Settings:
                         raise ValueError(raw)
                 elif isinstance(default, tuple):
                     parts = tuple(p.strip() for p in raw.split(",") if p.strip())
-                    values[f.name] = tuple(p.upper() for p in parts) if f.name == "formats" else parts
+                    if f.name == "buckets_s":
+                        values[f.name] = () if parts == ("off",) else tuple(float(p) for p in parts)
+                    else:
+                        values[f.name] = tuple(p.upper() for p in parts) if f.name == "formats" else parts
                 else:
                     values[f.name] = raw.strip()
             except ValueError:
@@ -121,6 +143,14 @@ class Settings:
             raise bad("beam_width", "use 1 to 512, or 0 for the model's own")
         if not abs(self.hotword_weight) <= 100:
             raise bad("hotword_weight", "use -100 to 100")
+        if self.cudnn_search not in ("exhaustive", "heuristic", "default"):
+            raise bad("cudnn_search", "use exhaustive, heuristic or default")
+        if self.tensorrt not in ("", "fp32", "fp16"):
+            raise bad("tensorrt", "use fp32 or fp16, or leave it empty for the CUDA provider alone")
+        if self.tensorrt and self.device == "cpu":
+            raise bad("tensorrt", "TensorRT runs on a GPU: set ASR_DEVICE to auto or cuda, or leave ASR_TENSORRT empty")
+        if any(not (0 < b <= 3600 and math.isfinite(b)) for b in self.buckets_s):
+            raise bad("buckets_s", "seconds above 0, comma-separated (e.g. 1,2,4,8,15,30), or off")
         if self.variant not in ("", "optimized", "int8", "fp16"):
             raise bad("variant", "use optimized, int8, fp16 or leave it empty")
         if any(not t or " " in t for t in self.model_tags):
@@ -140,13 +170,25 @@ class Settings:
         for name, rule in positive.items():
             if not getattr(self, name) > 0:
                 raise bad(name, rule)
-        for name in ("min_duration_s", "segment_s", "ort_threads", "require_sample_rate", "vad_pad_s"):
+        for name in ("min_duration_s", "segment_s", "ort_threads", "require_sample_rate", "vad_pad_s", "entry_workers"):
             if getattr(self, name) < 0:
                 raise bad(name, "must not be negative")
         if self.min_duration_s > self.max_duration_s:
             raise bad("min_duration_s", f"must not exceed ASR_MAX_DURATION_S={self.max_duration_s:g}")
         if self.batch_max_size < 2:
             raise bad("batch_max_size", "a batch must hold at least 2 segments")
+
+    @property
+    def device_options(self) -> DeviceOptions:
+        """What the recognizer's sessions need of these settings on a GPU."""
+        return DeviceOptions(
+            tf32=self.allow_tf32,
+            cudnn_search=self.cudnn_search,
+            tensorrt=self.tensorrt,
+            tensorrt_cache=os.path.expanduser(self.tensorrt_cache) if self.tensorrt_cache else "",
+            buckets_s=self.buckets_s,
+            batch_max=self.batch_max_size,
+        )
 
     @property
     def model_tags(self) -> tuple[str, ...]:

@@ -75,7 +75,11 @@ def test_rendered_objects_are_valid_kubernetes(overlay: str) -> None:
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"] for v in pod["spec"]["volumes"]}
+    assert set(mounts.values()) <= volumes
+    # /tmp writable; on GPUs TensorRT's engines on their own volume, where ASR_TENSORRT_CACHE points
+    assert set(mounts) == ({"/tmp"} if overlay == "cpu" else {"/tmp", config["data"]["ASR_TENSORRT_CACHE"]})
     # the Service, the budget and the autoscaler reach these pods
     labels = pod["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"] == labels

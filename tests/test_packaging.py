@@ -126,6 +126,7 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     assert "service/service.py" in files and not any(f.startswith(("tests/", "export/")) for f in files)
     # the VAD's graph and Silero's licence travel with it (its source graph, in export/, does not)
     assert {"service/audio/silero_vad/silero_vad_batched.onnx", "service/audio/silero_vad/LICENSE"} <= files
+    assert "service/recognition/greedy_head/greedy_head.onnx" in files  # greedy decoding on a GPU
     spec = yaml.safe_load((path / "bento.yaml").read_text())
     tags = {m["tag"] for s in spec["services"] for m in s.get("models", [])}
     assert tags == set(models.split(",")) and spec["args"]["models"] == models

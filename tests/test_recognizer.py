@@ -10,7 +10,16 @@ import pytest
 
 from service.errors import ModelMismatch
 from service.manifest import Manifest
-from service.recognition.recognizer import Recognizer, choose_providers, length_buckets
+from service.recognition.device import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    DeviceOptions,
+    Shapes,
+    choose_providers,
+    provider_options,
+)
+from service.recognition.recognizer import GREEDY_HEAD, Recognizer, length_buckets
 from tests import speech
 from tests.conftest import Exported
 
@@ -34,6 +43,11 @@ def test_providers() -> None:
     # onnxruntime-gpu lists CUDA on any host: without a GPU, auto does not try it (and print its errors)
     assert choose_providers("auto", both, gpu=False) == ["CPUExecutionProvider"]
     assert choose_providers("cuda", ["CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    # TensorRT goes before CUDA wherever CUDA would be used, and nowhere else
+    assert choose_providers("cuda", both, tensorrt=True) == [TENSORRT, CUDA, CPU]
+    assert choose_providers("auto", both, gpu=True, tensorrt=True) == [TENSORRT, CUDA, CPU]
+    assert choose_providers("auto", both, gpu=False, tensorrt=True) == [CPU]
+    assert choose_providers("cpu", both, tensorrt=True) == [CPU]
 
 
 def test_demanded_gpu_is_not_ready_here(tiny_bpe: Exported) -> None:
@@ -93,3 +107,104 @@ def test_mixed_lengths_keep_their_order(tiny_bpe: Exported, single_runs: bool) -
     r.single_runs = single_runs
     clips = [speech.noise(s, i, 0.2) for i, s in enumerate((0.5, 9.0, 0.6, 8.5, 3.0))]
     assert [x.token_ids for x in r.infer(clips)] == [r.run([c])[0].token_ids for c in clips]
+
+
+def test_provider_options() -> None:
+    """TF32 off unless allowed (ONNX Runtime's default is on); the cuDNN search; TensorRT's precision, cache and
+    one shape profile from the smallest to the largest bucket and class."""
+    shapes = Shapes([16000, 64000, 480000], 16)
+    names = ["audio", "audio_lengths"]
+    cuda, cpu = provider_options([CUDA, CPU], DeviceOptions(), names, shapes)
+    assert cuda == {"use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"} and cpu == {}
+    (cuda,) = provider_options([CUDA], DeviceOptions(tf32=True, cudnn_search="heuristic"), names, shapes)
+    assert cuda == {"use_tf32": "1", "cudnn_conv_algo_search": "HEURISTIC"}
+    trt, _, _ = provider_options(
+        [TENSORRT, CUDA, CPU], DeviceOptions(tensorrt="fp16", tensorrt_cache="/cache"), names, shapes
+    )
+    assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_enable"] == "1"
+    assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == "/cache"
+    assert trt["trt_profile_min_shapes"] == "audio:1x16000,audio_lengths:1"
+    assert trt["trt_profile_opt_shapes"] == "audio:4x64000,audio_lengths:4"
+    assert trt["trt_profile_max_shapes"] == "audio:16x480000,audio_lengths:16"
+    (trt,) = provider_options([TENSORRT], DeviceOptions(tensorrt="fp32"), names, None)
+    assert trt == {"trt_fp16_enable": "0"}  # no cache directory, no buckets: TensorRT's own defaults
+
+
+def test_shapes() -> None:
+    """Buckets below the model's longest segment, that segment last; classes 1, 2, 4, ... up to the batch's
+    largest; items grouped by bucket, at most the largest class per run, every index once."""
+    shapes = Shapes.for_model((1, 2, 4, 8, 15, 30, 60), 20 * 16000, 16000, 12)
+    assert shapes.buckets == [16000, 32000, 64000, 128000, 240000, 320000]
+    assert shapes.classes == [1, 2, 4, 8, 12]
+    widths = [shapes.width(n) for n in (1, 16000, 16001, 319999, 320000, 320001)]
+    assert widths == [16000, 16000, 32000, 320000, 320000, 320001]
+    assert [shapes.rows(n) for n in (1, 2, 3, 5, 9, 12, 13)] == [1, 2, 4, 8, 12, 12, 13]
+    lengths = [100, 300000, 20000, 15000, 250000, *([1000] * 14)]
+    groups = shapes.groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert groups[:3] == [[1, 4], [2], [0, 3, *range(5, 15)]] and groups[3] == [15, 16, 17, 18]
+    assert len(shapes.all()) == 6 * 5 and (12, 320000) in shapes.all()
+
+
+def test_greedy_head_file_is_what_the_builder_writes() -> None:
+    """The shipped graph is export/greedy_head.py's, and it is numpy's argmax (lowest id on a tie) and max."""
+    import onnxruntime as ort
+
+    from export.greedy_head import build
+
+    assert GREEDY_HEAD.read_bytes() == build()
+    head = ort.InferenceSession(str(GREEDY_HEAD), providers=[CPU])
+    x = np.random.default_rng(0).standard_normal((3, 7, 11)).astype(np.float32)
+    x[0, 0, [2, 9]] = 50.0  # a tie
+    ids, best = head.run(None, {"logprobs": x})
+    assert ids.dtype == np.int64 and ids[0, 0] == 2
+    assert np.array_equal(ids, x.argmax(-1)) and np.array_equal(best, x.max(-1))
+
+
+@pytest.mark.parametrize("config", ["tiny_bpe", "tiny_char"])
+def test_gpu_code_paths_equal_the_cpu_path(config: str, request: pytest.FixtureRequest) -> None:
+    """The GPU's way of running (segments of one bucket in a run padded to a fixed bucket and batch class,
+    log-probabilities kept where the session put them by I/O binding, greedy decoding by the greedy head)
+    forced on the CPU provider: the same tokens, frames and word timing as single unpadded runs, probabilities
+    within 1e-4, every run on a shape warm-up ran."""
+    model: Exported = request.getfixturevalue(config)
+    plain = Recognizer(model.directory, model.manifest, device="cpu")
+    options = DeviceOptions(buckets_s=(1.0, 2.0, 4.0), batch_max=4)
+    gpu_like = Recognizer(
+        model.directory, model.manifest, "cpu", gpu=options, segment_samples=10 * 16000, shapes=True, device_greedy=True
+    )
+    assert gpu_like.head is not None and gpu_like.shapes is not None and plain.head is None
+    gpu_like.single_runs = False  # as on a GPU: items of one bucket share a run
+    seen: list[tuple[int, int]] = []
+    padded = gpu_like._padded
+
+    def record(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        audio, lengths = padded(batch)
+        seen.append(audio.shape)
+        assert lengths.shape == (audio.shape[0],)
+        return audio, lengths
+
+    gpu_like._padded = record  # type: ignore[method-assign]
+    gpu_like.warmup()
+    warmed = set(seen)
+    assert warmed == set(gpu_like.shapes.all()) and len(warmed) == 3 * 4  # 1, 2, 4, 10 s x 1, 2, 4 rows
+    seen.clear()
+    clips = [speech.noise(s, i, 0.2) for i, s in enumerate((0.5, 9.0, 0.6, 3.5, 3.0, 1.5, 0.9, 0.4, 0.3, 0.8))]
+    clips[3] = speech.hindi(speech.SENTENCES[0])[: 3 * 16000]
+    alone = plain.infer(clips)
+    together = gpu_like.infer(clips)
+    assert set(seen) <= warmed and len(seen) < len(clips)  # shared runs, on warmed shapes only
+    for a, b in zip(alone, together, strict=True):
+        assert (a.token_ids, a.first_frame, a.last_frame) == (b.token_ids, b.first_frame, b.last_frame)
+        assert a.frames == b.frames
+        assert np.allclose(a.probability, b.probability, atol=1e-4)
+    # beam search's log-probabilities through the same padding
+    pairs = zip(plain.logprobs(clips), gpu_like.logprobs(clips), strict=True)
+    assert max(float(np.abs(x - y).max()) for x, y in pairs) < 1e-4
+
+
+def test_tensorrt_demanded_without_a_gpu(tiny_bpe: Exported) -> None:
+    """ASR_TENSORRT with ASR_DEVICE=cuda on a host without a GPU: not ready, and the reason says what is missing."""
+    r = Recognizer(tiny_bpe.directory, tiny_bpe.manifest, device="cuda", gpu=DeviceOptions(tensorrt="fp16"))
+    assert r.providers == [CPU] and r.not_ready_reason and not r.on_gpu
+    assert r.head is None and r.shapes is None and r.single_runs  # the CPU path, as without the settings

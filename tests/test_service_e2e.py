@@ -194,7 +194,7 @@ def test_health_metrics_and_status(bpe_server: Server, tiny_bpe: Exported) -> No
         assert series in metrics, series
     assert "wp-login" not in metrics and ".env" not in metrics
     status = httpx.post(url + "/status", timeout=10).json()
-    assert status["ready"] is True and status["providers"] == ["CPUExecutionProvider"]
+    assert status["ready"] is True and status["providers"] == ["CPUExecutionProvider"] and status["gpu"] is False
     (model,) = status["models"]  # each served model: its providers and graph
     assert model["providers"] == ["CPUExecutionProvider"] and model["graph"] == "model.onnx"
     assert model["variant"] == "fp32" and model["tag"] == status["model"]
@@ -228,6 +228,34 @@ def test_demanded_gpu_that_did_not_load_is_not_ready(tiny_bpe: Exported, tmp_pat
         error(ready, 503, "not_ready")
         assert ready.json()["message"] == status["reason"] and "retry-after" not in ready.headers
         error(post(s.url, wav16(speech.hindi(speech.SENTENCES[0]))), 503, "not_ready")
+
+
+def test_several_entry_workers(tiny_bpe: Exported, tmp_path: Path) -> None:
+    """ASR_ENTRY_WORKERS=2: two entry processes share the port and the one recognizer; concurrent requests get
+    NeMo's text, and the speech metrics add up over both processes."""
+    clips = [speech.hindi(t) for t in speech.SENTENCES[:4]] * 3
+    want = nemo_texts(tiny_bpe.model, clips, tmp_path)
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "ASR_ENTRY_WORKERS": "2"}
+    with Server(env, tmp_path / "workers.log") as s:
+        workers = [p for p in s.processes() if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+        entries = [p for p in workers if "asr_recognizer" not in p.cmdline()]  # the root service: the entry
+        assert len(entries) == 2 and len(workers) == 3, [p.cmdline() for p in workers]
+
+        async def all_at_once() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                return list(
+                    await asyncio.gather(
+                        *(client.post(s.url + "/transcribe", files={"audio": ("a.wav", wav16(c))}) for c in clips)
+                    )
+                )
+
+        answers = asyncio.run(all_at_once())
+        assert [a.status_code for a in answers] == [200] * len(clips)
+        assert [a.json()["text"] for a in answers] == want
+        name = tiny_bpe.tag.split(":")[0]
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        line = f'asr_requests_total{{code="ok",model="{name}",route="/transcribe",status="200"}} {len(clips)}.0'
+        assert line in metrics
 
 
 def test_concurrency_limit_and_timeout(tiny_bpe: Exported, tmp_path: Path) -> None:

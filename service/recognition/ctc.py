@@ -28,16 +28,26 @@ def greedy_decode(logprobs: npt.NDArray[np.float32], length: int, blank_id: int)
     """Decode one utterance: `logprobs` is [frames, vocab+1] (padding beyond `length` is ignored)."""
     length = max(0, min(int(length), logprobs.shape[0]))
     best = frame_argmax(logprobs, length)
+    return greedy_path(best, logprobs[np.arange(length), best], length, blank_id)
+
+
+def greedy_path(
+    best: npt.NDArray[np.int64], best_logprob: npt.NDArray[np.float32], length: int, blank_id: int
+) -> GreedyResult:
+    """Decode one utterance from its per-frame best token and that token's log-probability (what the greedy
+    head computes on a GPU; greedy_decode takes them from the full log-probabilities)."""
+    length = max(0, min(int(length), best.shape[0]))
     empty_i = np.zeros(0, np.int64)
     if length == 0:
         return GreedyResult(empty_i, empty_i, empty_i, np.zeros(0, np.float32), 0)
+    best = np.asarray(best[:length], dtype=np.int64)
     # A run starts where the label changes; a run of the blank emits nothing.
     starts = np.flatnonzero(np.r_[True, best[1:] != best[:-1]])
     ends = np.r_[starts[1:], length] - 1
     labels = best[starts]
     keep = labels != blank_id
     starts, ends, labels = starts[keep], ends[keep], labels[keep]
-    frame_prob = np.exp(logprobs[np.arange(length), best].astype(np.float64))
+    frame_prob = np.exp(best_logprob[:length].astype(np.float64))
     cumulative = np.r_[0.0, np.cumsum(frame_prob)]
     prob = ((cumulative[ends + 1] - cumulative[starts]) / (ends - starts + 1)).astype(np.float32)
     return GreedyResult(labels.astype(np.int64), starts.astype(np.int64), ends.astype(np.int64), prob, length)

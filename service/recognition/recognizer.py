@@ -15,12 +15,22 @@ from pydantic import BaseModel
 
 from service.errors import ModelMismatch
 from service.manifest import Manifest
-from service.recognition.ctc import greedy_decode
+from service.recognition.ctc import GreedyResult, greedy_decode, greedy_path
+from service.recognition.device import (
+    CUDA,
+    GPU_PROVIDERS,
+    TENSORRT,
+    DeviceOptions,
+    Shapes,
+    choose_providers,
+    provider_options,
+)
 
 log = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
+# The greedy head (export/greedy_head.py): logprobs [B, T, V] -> frame_ids, frame_logprob [B, T], on the device
+GREEDY_HEAD = Path(__file__).with_name("greedy_head") / "greedy_head.onnx"
+ON_CPU = DeviceOptions()  # the GPU settings' defaults (none of them applies on the CPU)
 
 
 class SegmentResult(BaseModel):
@@ -65,38 +75,28 @@ def length_buckets(lengths: Sequence[int], max_padding: float = 0.25) -> list[li
     return groups
 
 
-def nvidia_gpu_present() -> bool:
-    """An NVIDIA GPU this process can use: the driver's device nodes and its CUDA library (a container started
-    with GPUs has both). onnxruntime-gpu lists the CUDA provider as available on any host, and trying it on
-    one without a GPU prints a screenful of library errors at every start."""
-    import ctypes
-    import glob
-
-    if not glob.glob("/dev/nvidia[0-9]*"):
-        return False
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-def choose_providers(device: str, available: Sequence[str], gpu: bool | None = None) -> list[str]:
-    """cpu: CPU. cuda: CUDA first, always (not ready without it). auto: CUDA when there is a GPU to use it."""
-    if device == "cpu":
-        return [CPU]
-    if device == "cuda":
-        return [CUDA, CPU]
-    if CUDA in available and (nvidia_gpu_present() if gpu is None else gpu):
-        return [CUDA, CPU]
-    return [CPU]
-
-
 class Recognizer:
-    def __init__(self, model_dir: Path, manifest: Manifest, device: str = "auto", threads: int = 0, variant: str = ""):
+    """One model's session. On the CPU each segment runs alone at its own length and greedy decoding reads the
+    full log-probabilities (exactly NeMo's). On a GPU segments of one bucket share a run padded to fixed shapes
+    (`Shapes`), and the greedy head finishes decoding on the device: only each frame's best token and its
+    log-probability come back to the host (I/O binding). `shapes` and `device_greedy` force either on or off
+    (tests run the GPU code paths on the CPU provider); None: on when a GPU provider is in use."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        device: str = "auto",
+        threads: int = 0,
+        variant: str = "",
+        gpu: DeviceOptions = ON_CPU,
+        segment_samples: int = 0,
+        shapes: bool | None = None,
+        device_greedy: bool | None = None,
+    ):
         import onnxruntime as ort
 
-        requested = choose_providers(device, ort.get_available_providers())
+        requested = choose_providers(device, ort.get_available_providers(), tensorrt=bool(gpu.tensorrt))
         if CUDA in requested and hasattr(ort, "preload_dlls"):
             try:  # CUDA and cuDNN from the nvidia-* wheels, when installed ([cuda,cudnn] extras)
                 ort.preload_dlls()
@@ -105,22 +105,39 @@ class Recognizer:
         self.manifest = manifest
         file = manifest.graph.file if not variant else manifest.variants[variant].file
         self.graph_file = file
+        self.input_names = [t.name for t in manifest.graph.inputs]
+        longest = segment_samples or manifest.max_segment_samples
+        fixed = Shapes.for_model(gpu.buckets_s, longest, manifest.sample_rate, gpu.batch_max) if gpu.buckets_s else None
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_dir / file), options, providers=requested)
+        with_options = list(zip(requested, provider_options(requested, gpu, self.input_names, fixed), strict=True))
+        self.session = ort.InferenceSession(str(model_dir / file), options, providers=with_options)
         self.providers: list[str] = list(self.session.get_providers())
+        self.on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
         self.not_ready_reason = ""
         if device == "cuda" and CUDA not in self.providers:
             self.not_ready_reason = (
                 f"ASR_DEVICE=cuda but ONNX Runtime runs on {self.providers}: the CUDA provider did not load "
                 "(check the NVIDIA driver and that the container was started with GPUs)"
             )
+        elif TENSORRT in requested and TENSORRT not in self.providers:
+            self.not_ready_reason = (
+                f"ASR_TENSORRT={gpu.tensorrt} but ONNX Runtime runs on {self.providers}: the TensorRT provider did "
+                "not load (it needs TensorRT 10's libraries, e.g. pip install tensorrt-cu13-libs==10.16.1.11)"
+            )
         self._check_io()
         # On CPU, several items in one session run cost more than running them one after another (measured with
         # the medium model on 2 cores: length-sorted batches of 2 ran at 0.63x, of 4 at 0.40x the audio per
         # second of single runs; docs/benchmarks.md). A GPU gains from batching: there, similar lengths share a run.
-        self.single_runs = CUDA not in self.providers
+        self.single_runs = not self.on_gpu
+        self.shapes = fixed if (self.on_gpu if shapes is None else shapes) else None
+        self.head = None
+        if self.on_gpu if device_greedy is None else device_greedy:
+            head_providers = [p for p in self.providers if p != TENSORRT]  # two nodes: not worth an engine
+            self.head = ort.InferenceSession(str(GREEDY_HEAD), providers=head_providers)
+        # where the log-probabilities stay between the graph and the greedy head (I/O binding's device name)
+        self.device_type = "cuda" if CUDA in self.providers else "cpu"
         log.info("model %s (%s) on %s", manifest.name, file, self.providers)
 
     def _check_io(self) -> None:
@@ -145,10 +162,12 @@ class Recognizer:
         return [r for r in results if r is not None]
 
     def groups(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[list[int]]:
-        """Which items share a session run: none on CPU, similar lengths on a GPU."""
+        """Which items share a session run: none on CPU; on a GPU those of one bucket (or, without buckets,
+        similar lengths)."""
         if self.single_runs:
             return [[i] for i in range(len(batch))]
-        return length_buckets([a.shape[0] for a in batch])
+        lengths = [a.shape[0] for a in batch]
+        return self.shapes.groups(lengths) if self.shapes is not None else length_buckets(lengths)
 
     def run_or_fail(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
         """run(), with a failure of ONNX Runtime itself turned into failed results (logged once each)."""
@@ -162,28 +181,44 @@ class Recognizer:
 
     def run(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
         """One session run over a zero-padded batch; each item decoded greedily over its own valid frames."""
-        results = []
-        for logprobs in self.forward(batch):
-            g = greedy_decode(logprobs, logprobs.shape[0], self.manifest.blank_id)
-            results.append(
-                SegmentResult(
-                    token_ids=g.token_ids.tolist(),
-                    first_frame=g.first_frame.tolist(),
-                    last_frame=g.last_frame.tolist(),
-                    probability=[round(float(p), 6) for p in g.probability],
-                    frames=g.frames,
-                )
+        if self.head is not None:
+            paths = self._greedy_on_device(batch)
+        else:
+            paths = [greedy_decode(lp, lp.shape[0], self.manifest.blank_id) for lp in self.forward(batch)]
+        return [
+            SegmentResult(
+                token_ids=g.token_ids.tolist(),
+                first_frame=g.first_frame.tolist(),
+                last_frame=g.last_frame.tolist(),
+                probability=[round(float(p), 6) for p in g.probability],
+                frames=g.frames,
             )
-        return results
+            for g in paths
+        ]
+
+    def _padded(
+        self, batch: Sequence[npt.NDArray[np.float32]]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The batch zero-padded to its longest item, or on fixed shapes to its bucket and batch class (the
+        extra rows are copies of the first item, their results dropped)."""
+        lengths = np.array([a.shape[0] for a in batch], dtype=np.int64)
+        width = int(lengths.max(initial=1)) or 1
+        rows = len(batch)
+        if self.shapes is not None:
+            width, rows = self.shapes.width(width), self.shapes.rows(rows)
+        padded = np.zeros((rows, width), dtype=np.float32)
+        for i, audio in enumerate(batch):
+            padded[i, : audio.shape[0]] = audio
+        if rows > len(batch):
+            padded[len(batch) :] = padded[0]
+            lengths = np.r_[lengths, np.full(rows - len(batch), lengths[0])]
+        return padded, lengths
 
     def forward(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
         """One session run over a zero-padded batch: each item's log-probabilities over its valid frames."""
         if not batch:
             return []
-        lengths = np.array([a.shape[0] for a in batch], dtype=np.int64)
-        padded = np.zeros((len(batch), int(lengths.max(initial=1)) or 1), dtype=np.float32)
-        for i, audio in enumerate(batch):
-            padded[i, : audio.shape[0]] = audio
+        padded, lengths = self._padded(batch)
         try:
             logprobs, out_lengths = self.session.run(
                 self.output_names, {self.input_names[0]: padded, self.input_names[1]: lengths}
@@ -192,6 +227,33 @@ class Recognizer:
             raise SessionRunError(type(exc).__name__, str(exc)) from exc
         valid = [max(0, min(int(n), logprobs.shape[1])) for n in out_lengths]
         return [np.ascontiguousarray(logprobs[i, : valid[i]]) for i in range(len(batch))]
+
+    def _greedy_on_device(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[GreedyResult]:
+        """The graph's log-probabilities stay on the device (I/O binding) and go through the greedy head; only
+        each frame's best token and its log-probability (and the lengths) are copied to the host."""
+        if not batch or self.head is None:
+            return []
+        padded, lengths = self._padded(batch)
+        try:
+            graph = self.session.io_binding()
+            graph.bind_cpu_input(self.input_names[0], padded)
+            graph.bind_cpu_input(self.input_names[1], lengths)
+            graph.bind_output(self.output_names[0], self.device_type)
+            graph.bind_output(self.output_names[1], "cpu")
+            self.session.run_with_iobinding(graph)
+            logprobs, out_lengths = graph.get_outputs()
+            head = self.head.io_binding()
+            head.bind_ortvalue_input("logprobs", logprobs)
+            head.bind_output("frame_ids", "cpu")
+            head.bind_output("frame_logprob", "cpu")
+            self.head.run_with_iobinding(head)
+            ids, best = head.copy_outputs_to_cpu()
+            valid = out_lengths.numpy()
+        except Exception as exc:  # as in forward()
+            raise SessionRunError(type(exc).__name__, str(exc)) from exc
+        frames = ids.shape[1]
+        blank = self.manifest.blank_id
+        return [greedy_path(ids[i], best[i], max(0, min(int(valid[i]), frames)), blank) for i in range(len(batch))]
 
     def logprobs(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
         """Log-probabilities for beam search, batched like infer(). A failed run gives empty arrays of one
@@ -206,8 +268,16 @@ class Recognizer:
         return out
 
     def warmup(self) -> None:
-        """The first runs allocate and tune; do them before readiness turns green."""
+        """The first runs allocate and tune; do them before readiness turns green. On fixed shapes every shape
+        serving can meet is run once (cuDNN's search and TensorRT's engine happen here, not in a request)."""
         rate = self.manifest.sample_rate
         rng = np.random.default_rng(0)
-        for seconds in (1.0, 4.0):
-            self.infer([(0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)] * 2)
+        if self.shapes is None:
+            for seconds in (1.0, 4.0):
+                self.infer([(0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)] * 2)
+            return
+        for rows, width in self.shapes.all():
+            clip = (0.01 * rng.standard_normal(width)).astype(np.float32)
+            self.run([clip] * rows)
+            if self.head is not None:
+                self.forward([clip] * rows)  # beam search's path: the full log-probabilities to the host
