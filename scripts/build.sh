@@ -2,6 +2,7 @@
 # Builds the bento (offline) and its OCI image with whatever engine this machine has (docker, else podman).
 #   ASR_MODEL=<store tag> scripts/build.sh [--bento-only] [IMAGE]   (default model stt_hi_conformer_ctc_medium)
 #   ASR_MODELS=<tag>,<tag>,... scripts/build.sh ...                  (several models; the first is the default)
+#   ASR_IMAGE_TENSORRT=1 scripts/build.sh ...   the bento and image also carry TensorRT 10's libraries (ASR_TENSORRT)
 # Prints the bento tag, then the image name, as its last lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +23,23 @@ for model in "${wanted[@]}"; do
   resolved=${resolved:+$resolved,}$tag
 done
 [ -n "$resolved" ] || { echo "build: no model given" >&2; exit 1; }
+bentofile=bentofile.yaml
+if [ "${ASR_IMAGE_TENSORRT:-0}" = 1 ]; then
+  # the same bento plus NVIDIA's TensorRT wheel (about 2 GB more in the image); the package pin lives in
+  # service/recognition/device.py, beside the code that loads it
+  bentofile=build/bentofile.tensorrt.yaml
+  mkdir -p build
+  "$(dirname "$BENTOML")/python" - "$bentofile" <<'PY'
+import sys, yaml
+from service.recognition.device import TENSORRT_PACKAGE
+spec = yaml.safe_load(open("bentofile.yaml"))
+spec["python"]["packages"].append(TENSORRT_PACKAGE)
+spec.setdefault("labels", {})["tensorrt"] = TENSORRT_PACKAGE.split("==")[1]
+yaml.safe_dump(spec, open(sys.argv[1], "w"), sort_keys=False, allow_unicode=True)
+PY
+fi
 bento=$(env -u ASR_MODEL -u ASR_MODELS BENTOML_NO_LOCAL_URL=1 BENTOML_DO_NOT_TRACK=True \
-  "$BENTOML" build --arg "models=$resolved" -o tag | sed -n 's/^__tag__://p')
+  "$BENTOML" build -f "$bentofile" --arg "models=$resolved" -o tag | sed -n 's/^__tag__://p')
 echo "build: bento $bento (models $resolved)" >&2
 if [ "$bento_only" = 1 ]; then echo "$bento"; exit 0; fi
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

@@ -112,6 +112,20 @@ def bento_path(tag: str) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def test_tensorrt_bento_adds_only_tensorrt(bento: str, tiny_bpe: Exported) -> None:
+    """ASR_IMAGE_TENSORRT=1: the same bento plus NVIDIA's TensorRT wheel, the version ORT's provider links."""
+    from service.recognition.device import TENSORRT_PACKAGE
+
+    os.environ.update(ASR_IMAGE_TENSORRT="1", ASR_MODEL=tiny_bpe.tag)
+    try:
+        tag = build("--bento-only")[-1]
+    finally:
+        del os.environ["ASR_IMAGE_TENSORRT"], os.environ["ASR_MODEL"]
+    plain, with_trt = (bento_path(t) / "env" / "python" / "requirements.txt" for t in (bento, tag))
+    added = set(with_trt.read_text().split()) - set(plain.read_text().split())
+    assert added == {TENSORRT_PACKAGE} and TENSORRT_PACKAGE.startswith("tensorrt-cu13-libs==10.")
+
+
 def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> None:
     path = bento_path(bento)
     requirements = (path / "env" / "python" / "requirements.txt").read_text().lower()

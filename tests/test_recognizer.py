@@ -14,9 +14,11 @@ from service.recognition.device import (
     CPU,
     CUDA,
     TENSORRT,
+    TENSORRT_PACKAGE,
     DeviceOptions,
     Shapes,
     choose_providers,
+    preload_tensorrt,
     provider_options,
 )
 from service.recognition.recognizer import GREEDY_HEAD, Recognizer, length_buckets
@@ -208,3 +210,6 @@ def test_tensorrt_demanded_without_a_gpu(tiny_bpe: Exported) -> None:
     r = Recognizer(tiny_bpe.directory, tiny_bpe.manifest, device="cuda", gpu=DeviceOptions(tensorrt="fp16"))
     assert r.providers == [CPU] and r.not_ready_reason and not r.on_gpu
     assert r.head is None and r.shapes is None and r.single_runs  # the CPU path, as without the settings
+    assert "TensorRT" in r.not_ready_reason or "CUDA" in r.not_ready_reason
+    # TensorRT's libraries are not installed here: the preload says so (the service logs it) instead of failing
+    assert TENSORRT_PACKAGE in preload_tensorrt()

@@ -51,3 +51,44 @@ def test_transcribe_equals_nemo(client: TestClient, tiny_bpe: Exported, tmp_path
 def test_errors_in_process(client: TestClient, files: Any, data: Any, status: int, code: str) -> None:
     r = client.post("/transcribe", files=files, data=data)
     assert r.status_code == status and r.json() == {"error": code, "message": r.json()["message"]}
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_segments_in_flight_follow_where_the_recognizer_landed(client: TestClient, gpu: bool) -> None:
+    """ASR_DEVICE=auto is decided in the recognizer: when its status says it runs on a GPU, the entry keeps up to
+    ASR_BATCH_MAX_SIZE (16) segments of one request in flight, as with ASR_DEVICE=cuda; on the CPU 4."""
+    import dataclasses
+    import gc
+    import threading
+    import time
+
+    from service.catalog import Catalog
+
+    service = next(o for o in gc.get_objects() if type(o).__name__ == "Transcriber" and hasattr(o, "catalog"))
+    engine = service.recognizer.engines[0]
+    catalog, infer, on_gpu = service.catalog, engine.infer, engine.on_gpu
+    # 2-s segments, so that a 40-s request has more than 16
+    short = [dataclasses.replace(m, segment_samples=2 * 16000) for m in catalog.models]
+    service.catalog = Catalog(short)
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def counted(batch: list[Any]) -> Any:
+        with lock:
+            active[0] += len(batch)
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        try:
+            return infer(batch)
+        finally:
+            with lock:
+                active[0] -= len(batch)
+
+    engine.infer, engine.on_gpu, service._recognizer_ready = counted, gpu, False  # status is asked again
+    try:
+        audio, _ = speech.joined(speech.SENTENCES * 2, pause_s=0.6)
+        wav = encode(audio[: 40 * 16000], 16000, "FLAC")  # under the fixture's 1-MB upload limit
+        r = client.post("/transcribe", files={"audio": ("a.wav", wav, "audio/wav")})
+        assert r.status_code == 200 and len(r.json()["segments"]) > 16
+    finally:
+        engine.infer, engine.on_gpu, service.catalog, service._recognizer_ready = infer, on_gpu, catalog, False
+    assert peak[0] == (16 if gpu else 4)

@@ -48,6 +48,30 @@ def nvidia_gpu_present() -> bool:
     return True
 
 
+TENSORRT_PACKAGE = "tensorrt-cu13-libs==10.16.1.11"  # TensorRT 10 for CUDA 13: what ORT 1.31's provider links
+
+
+def preload_tensorrt() -> str:
+    """TensorRT's libraries from NVIDIA's pip wheel (TENSORRT_PACKAGE, module `tensorrt_libs`), loaded globally so
+    that ONNX Runtime's TensorRT provider finds them (as onnxruntime.preload_dlls() does for CUDA and cuDNN).
+    Returns why not, or ""."""
+    import ctypes
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec is None or not spec.submodule_search_locations:
+        return f"TensorRT's libraries are not installed ({TENSORRT_PACKAGE})"
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    for name in ("libnvinfer.so.10", "libnvinfer_plugin.so.10", "libnvonnxparser.so.10"):
+        for path in sorted(folder.glob(name + "*"))[:1]:
+            try:
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            except OSError as exc:
+                return f"{path.name} did not load: {exc}"
+    return ""
+
+
 def choose_providers(
     device: str, available: Sequence[str], gpu: bool | None = None, tensorrt: bool = False
 ) -> list[str]:

@@ -20,9 +20,11 @@ from service.recognition.device import (
     CUDA,
     GPU_PROVIDERS,
     TENSORRT,
+    TENSORRT_PACKAGE,
     DeviceOptions,
     Shapes,
     choose_providers,
+    preload_tensorrt,
     provider_options,
 )
 
@@ -102,6 +104,8 @@ class Recognizer:
                 ort.preload_dlls()
             except Exception as exc:  # no CUDA libraries here: CPU it is, unless the GPU is demanded
                 log.info("no CUDA libraries preloaded: %s", exc)
+        if TENSORRT in requested and (why := preload_tensorrt()):
+            log.warning("TensorRT asked for (ASR_TENSORRT=%s): %s", gpu.tensorrt, why)
         self.manifest = manifest
         file = manifest.graph.file if not variant else manifest.variants[variant].file
         self.graph_file = file
@@ -124,7 +128,8 @@ class Recognizer:
         elif TENSORRT in requested and TENSORRT not in self.providers:
             self.not_ready_reason = (
                 f"ASR_TENSORRT={gpu.tensorrt} but ONNX Runtime runs on {self.providers}: the TensorRT provider did "
-                "not load (it needs TensorRT 10's libraries, e.g. pip install tensorrt-cu13-libs==10.16.1.11)"
+                f"not load (it needs TensorRT 10's libraries, {TENSORRT_PACKAGE}: build the image with "
+                "ASR_IMAGE_TENSORRT=1)"
             )
         self._check_io()
         # On CPU, several items in one session run cost more than running them one after another (measured with
