@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beam-width", type=int, default=16, help="the model's default beam width (default 16)")
     parser.add_argument("--output", type=Path, help="also keep the artifact (model.onnx, manifest.json) here")
     parser.add_argument("--no-register", action="store_true", help="verify and write files only")
+    parser.add_argument(
+        "--no-streaming", action="store_true", help="no streaming graphs (the store entry is then half the size)"
+    )
     parser.add_argument("--verbose", action="store_true", help="show NeMo's own logging")
     return parser.parse_args(argv)
 
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.pipeline import DecoderOptions, LMError, Options, progress, run
     from export.sources import SourceError, from_config, from_nemo, from_pretrained
     from export.store import StoreNameError, checked_name
+    from export.streaming import StreamingExportError
     from export.variants import KINDS
     from export.verify import ParityError
 
@@ -116,9 +120,18 @@ def main(argv: list[str] | None = None) -> int:
             workdir=args.output,
             register=not args.no_register,
             decoder=DecoderOptions(args.lm, args.lm_alpha, args.lm_beta, args.beam_width, args.lm_note),
+            streaming=not args.no_streaming,
         )
         _manifest, tag, out_dir = run(loaded, options)
-    except (SourceError, ParityError, UnsupportedModel, UnsupportedFrontEnd, StoreNameError, LMError) as exc:
+    except (
+        SourceError,
+        ParityError,
+        UnsupportedModel,
+        UnsupportedFrontEnd,
+        StoreNameError,
+        LMError,
+        StreamingExportError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(tag if tag else str(out_dir))

@@ -1,13 +1,13 @@
 """python -m export.greedy_head: the small graph that finishes greedy CTC decoding on the device, written to
 service/recognition/greedy_head/greedy_head.onnx (the file the service ships).
 
-On a GPU, copying each run's whole log-probability tensor (batch x frames x vocabulary: 6.2 MB for 16 segments
-of 30 s with the `medium` architecture's 129 columns) back to the host costs more than the argmax that needs it. This graph
-takes the model's `logprobs` [B, T, V] where they lie and returns what greedy decoding, word times and
-confidence use: each frame's best token `frame_ids` [B, T] (int64, the lowest id on a tie, as numpy's and
-torch's argmax) and its log-probability `frame_logprob` [B, T] (float32, the same value as logprobs at that
-id). It has no weights, so one file serves every model; tests/test_recognizer.py checks the shipped file
-against this builder.
+On a GPU, copying each run's whole log-probability tensor (batch x frames x vocabulary: 6.2 MB for 16
+segments of 30 s with the `medium` architecture's 129 columns) back to the host costs more than the argmax
+that needs it. This graph takes the model's `logprobs` [B, T, V] where they lie and returns what greedy
+decoding, word times and confidence use: each frame's best token `frame_ids` [B, T] (int64, the lowest id on
+a tie, as numpy's and torch's argmax) and its log-probability `frame_logprob` [B, T] (float32, the same value
+as logprobs at that id). It has no weights, so one file serves every model; tests/test_recognizer.py checks
+the shipped file against this builder.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ class Options:
     register: bool = True
     clips: list[Clip] = field(default_factory=list)  # replaces the default verification set (tests)
     decoder: DecoderOptions | None = None  # beam search defaults and an n-gram LM to pack with the model
+    streaming: bool = True  # the streaming graphs (export/streaming.py), verified against NeMo
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,26 @@ def build_manifest(
     )
 
 
+def _with_streaming(
+    model: Any, manifest: Manifest, out_dir: Path, sample_rate: int, clips: list[Clip], wanted: bool
+) -> Manifest:
+    """The streaming graphs (export/streaming.py), verified against NeMo's buffered inference on three of the
+    verification clips, where the model's front end allows them."""
+    from export.streaming import export_streaming, supported, verify_streaming
+
+    why = supported(model) if wanted else "--no-streaming"
+    if why:
+        progress(f"no streaming graphs: {why}")
+        return manifest
+    started = time.monotonic()
+    progress("tracing the streaming graphs (front end without normalisation; encoder on features)")
+    export_streaming(model, out_dir, sample_rate)
+    picked = sorted(clips, key=lambda c: -c.audio.shape[0])[:3]
+    spec = verify_streaming(model, out_dir, manifest, [c.audio for c in picked])
+    progress(f"streaming: {spec.verified} ({time.monotonic() - started:.1f} s)")
+    return manifest.model_copy(update={"streaming": spec})
+
+
 def run(loaded: LoadedModel, options: Options) -> tuple[Manifest, str | None, Path]:
     """Export, verify and (unless told not to) register. Returns the manifest, the store tag and the directory
     the files were written to (gone when it was a temporary one and they were registered)."""
@@ -233,6 +254,7 @@ def _run(
         progress(f"{kind}: {variants[kind].note}")
 
     manifest = build_manifest(loaded, name, vocab, parity, variants, max_samples)
+    manifest = _with_streaming(model, manifest, out_dir, sample_rate, clips, options.streaming)
     if options.decoder is not None:
         manifest = manifest.model_copy(update={"decoder": pack_decoder(options.decoder, vocab, out_dir)})
     manifest.write(out_dir)

@@ -75,6 +75,8 @@ def register(name: str, directory: Path, manifest: Manifest) -> str:
     files = [manifest.graph.file, *(v.file for v in manifest.variants.values())]
     if manifest.decoder.lm_file:
         files.append(manifest.decoder.lm_file)
+    if manifest.streaming is not None:
+        files += [manifest.streaming.frontend_file, manifest.streaming.encoder_file]
     with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
         target = Path(entry.path)
         for file in files:

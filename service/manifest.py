@@ -102,6 +102,22 @@ class DecoderSpec(_Frozen):
     lm_note: str = ""  # where the LM came from (the export's --lm-note)
 
 
+class StreamingSpec(_Frozen):
+    """Streaming recognition (NeMo's buffered CTC inference): two more graphs from the same export, both
+    verified. Features come un-normalised along the stream; each buffer of features is normalised with its own
+    statistics and runs through the encoder graph."""
+
+    frontend_file: str  # audio [batch, samples], audio_lengths -> features [batch, n_mels, frames] (not normalised)
+    encoder_file: str  # features [batch, n_mels, frames], feature_lengths -> logprobs, logprobs_lengths
+    hop_length: int  # samples per feature frame
+    n_fft: int  # the STFT's size: a frame needs n_fft // 2 samples on each side of its centre
+    n_mels: int
+    zero_level: float  # the feature value a buffer starts filled with (NeMo's FeatureFrameBufferer)
+    chunk_s: float  # the export verified these chunk and buffer lengths against NeMo
+    buffer_s: float
+    verified: str  # what the export compared with NeMo, and the outcome
+
+
 class Manifest(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -125,6 +141,7 @@ class Manifest(_Frozen):
     # and is not. The service marks such models in /status and /v1/models.
     demo_notice: str = ""
     decoder: DecoderSpec = Field(default_factory=DecoderSpec)
+    streaming: StreamingSpec | None = None  # absent: the export made no streaming graphs (older exports)
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE
