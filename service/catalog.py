@@ -43,6 +43,11 @@ class ServedModel:
         return "logprobs_" + self.method.removeprefix("infer_")
 
     @property
+    def stream_method(self) -> str:
+        """The recognizer API that batches this model's streaming buffers across all open streams."""
+        return "stream_" + self.method.removeprefix("infer_")
+
+    @property
     def language(self) -> str:
         return self.manifest.language
 
@@ -55,6 +60,7 @@ class ServedModel:
             "sample_rate": m.sample_rate,
             "created": self.created,
         }
+        described["streaming"] = m.streaming is not None  # ws /v1/realtime can transcribe with it
         if m.demo_notice:  # a demonstration model says so wherever models are listed
             described.update(demo=True, notice=m.demo_notice)
         return described

@@ -147,7 +147,8 @@ patches.on_dropped = metrics.SEGMENTS_DROPPED.inc
 patches.known_paths.update(
     {"/", "/docs.json", "/schema.json", "/readyz", "/livez", "/healthz", "/metrics", "/transcribe", "/status"}
     | {"/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/static_content/"}
-    | {f"/{_method(i, kind)}" for i in range(len(MODELS)) for kind in ("infer", "logprobs")}  # batch APIs
+    | {f"/{_method(i, kind)}" for i in range(len(MODELS)) for kind in ("infer", "logprobs", "stream")}  # batch APIs
+    | {"/v1/realtime"}
 )
 
 
@@ -195,6 +196,22 @@ def _logprobs_api(index: int) -> Any:
     )(logprobs)
 
 
+def _stream_api(index: int) -> Any:
+    """Model `index`'s streaming buffers (normalised features, one shape per model) through its encoder graph,
+    batched across all open streams: per buffer [steps, 2] (best token id, its log-probability)."""
+
+    def stream(self: Any, buffers: list[np.ndarray]) -> list[np.ndarray]:
+        engine: Engine = self.engines[index]
+        results = engine.stream(buffers)
+        _count_runs(engine, results, sum(1 for r in results if r.shape[0] == 0))
+        return results
+
+    stream.__name__ = stream.__qualname__ = _method(index, "stream")
+    return bentoml.api(
+        batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
+    )(stream)
+
+
 class Recognizer:
     """Owns one ONNX Runtime session per served model (one process, so a second model costs its session, not
     a second Python and BentoML; benchmarks/results/models.md has the figures)."""
@@ -216,6 +233,7 @@ class Recognizer:
                     SETTINGS.variant,
                     SETTINGS.device_options,
                     segment_samples(manifest, SETTINGS.segment_s),
+                    streaming=SETTINGS.realtime_sessions > 0,
                 )
             except Exception as exc:
                 # One clear line before BentoML logs the traceback; the service never turns ready.
@@ -259,6 +277,7 @@ for _index, _model in enumerate(MODELS):
     setattr(Recognizer, f"model_{_index}", _model)
     setattr(Recognizer, _method(_index), _infer_api(_index))
     setattr(Recognizer, _method(_index, "logprobs"), _logprobs_api(_index))
+    setattr(Recognizer, _method(_index, "stream"), _stream_api(_index))
 
 Recognizer = bentoml.service(  # type: ignore[misc]
     name="asr_recognizer",
@@ -320,14 +339,16 @@ class Transcriber:
         # not one per request in flight. It is CPU-bound (more threads than cores gain nothing), and each
         # thread's ~10 MB of blocks stay in that thread's malloc arena: on anyio's 40 shared threads, 16
         # clients grew this process by 100 MB and a 60-s soak by 7 %.
+        from concurrent.futures import ThreadPoolExecutor
+
         self.vad = None
         if SETTINGS.segmenter == "vad":
-            from concurrent.futures import ThreadPoolExecutor
-
             from service.audio.vad import SileroVAD
 
             self.vad = SileroVAD()
-            self._vad_threads = ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="vad")
+        # also streaming's VAD and feature computation (small steps, in order per session)
+        self._vad_threads = ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="vad")
+        self._streams: dict[str, Any] = {}  # per model: streaming Geometry and its front-end runner
         # Beam search's decoders, in their own processes (started at the first beam request, or now when beam
         # search is the default); each model's n-gram LM from its store entry
         from service.recognition.beam import BeamPool, LMSpec
@@ -373,6 +394,52 @@ class Transcriber:
             self._segments_in_flight = segments_in_flight(bool(status.get("gpu")))
         READINESS.reason, READINESS.permanent = status["reason"], bool(status.get("permanent"))
         return status
+
+    # ---- streaming (ws /v1/realtime: service/api/realtime.py)
+
+    def vad_model(self) -> Any:
+        """The Silero VAD session (shared with file requests; created here when ASR_SEGMENTER=energy)."""
+        if self.vad is None:
+            from service.audio.vad import SileroVAD
+
+            self.vad = SileroVAD()
+        return self.vad
+
+    def streaming_geometry(self, served: ServedModel) -> Any:
+        """The model's streaming Geometry and its front end (an ONNX Runtime session in this process, made once);
+        StreamingUnsupported when it has no streaming graphs, is not at 16 kHz, or streaming is off."""
+        from service.recognition.streaming import Geometry, StreamingUnsupported, frontend_runner
+
+        if served.name not in self._streams:
+            if SETTINGS.realtime_sessions == 0:
+                raise StreamingUnsupported("streaming is off on this server (ASR_REALTIME_SESSIONS=0)")
+            if served.manifest.sample_rate != 16000:
+                raise StreamingUnsupported(f"model {served.name} runs at {served.manifest.sample_rate} Hz: streaming "
+                                           "serves 16 kHz models (its VAD hears 16 kHz)")  # fmt: skip
+            geometry = Geometry.of(served.manifest, SETTINGS.stream_chunk_s, SETTINGS.stream_buffer_s)
+            import onnxruntime as ort
+
+            entry = next(e for s, e in zip(self.catalog.models, _store_entries(self), strict=True) if s is served)
+            assert served.manifest.streaming is not None  # Geometry.of checked
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            path = str(Path(entry.path) / served.manifest.streaming.frontend_file)
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self._streams[served.name] = (geometry, frontend_runner(session))
+        return self._streams[served.name]
+
+    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+        """A short CPU step of a stream (VAD, features) off the event loop, on the VAD's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._vad_threads, fn, *args)
+
+    async def recognize_stream(self, served: ServedModel, buffers: list[np.ndarray]) -> list[np.ndarray]:
+        """A stream's buffers through the model's streaming batch queue (shared with every other stream)."""
+        try:
+            out = await self._recognize(served, buffers, served.stream_method)
+        except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+            log.warning("recognizer call failed: %r", exc)
+            return [np.zeros((0, 2), np.float32)] * len(buffers)
+        return [np.asarray(r, dtype=np.float32) for r in out]
 
     @bentoml.api
     async def transcribe(

@@ -88,6 +88,16 @@ class Settings:
     hotword_weight: float = 10.0
     max_hotwords: int = 100
     max_hotword_words: int = 5
+    # Streaming (ws://HOST:PORT/v1/realtime?intent=transcription): most sessions open at once per entry process
+    # (beyond: an error event and close code 1013; 0 turns streaming off and loads no streaming graph), the
+    # longest session in seconds, and seconds without a client event before the session is closed.
+    realtime_sessions: int = 16
+    realtime_max_s: float = 3600.0
+    realtime_idle_s: float = 60.0
+    # Streaming recognition (NeMo's buffered CTC): seconds of audio per chunk (partial text arrives every chunk)
+    # and of the buffer it is recognised in; 0: the lengths the export verified against NeMo (1.6 and 4 s).
+    stream_chunk_s: float = 0.0
+    stream_buffer_s: float = 0.0
     # Requests in flight before 429, and seconds before 504.
     max_concurrency: int = 64
     timeout_s: int = 300
@@ -166,11 +176,23 @@ class Settings:
             "beam_workers": "beam search needs at least 1 process",
             "max_hotwords": "at least 1 hotword per request",
             "max_hotword_words": "a hotword phrase holds at least 1 word",
+            "realtime_max_s": "the longest streaming session in seconds must be above 0",
+            "realtime_idle_s": "seconds before an idle streaming session closes must be above 0",
         }
         for name, rule in positive.items():
             if not getattr(self, name) > 0:
                 raise bad(name, rule)
-        for name in ("min_duration_s", "segment_s", "ort_threads", "require_sample_rate", "vad_pad_s", "entry_workers"):
+        for name in (
+            "min_duration_s",
+            "segment_s",
+            "ort_threads",
+            "require_sample_rate",
+            "vad_pad_s",
+            "entry_workers",
+            "realtime_sessions",
+            "stream_chunk_s",
+            "stream_buffer_s",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, "must not be negative")
         if self.min_duration_s > self.max_duration_s:

@@ -204,3 +204,18 @@ def test_real_speech_is_cut_between_sentences_and_the_gap_skipped(vad: SileroVAD
     assert sent < 1.0 * RATE
     spoken = sum(hi - lo for lo, hi in spans) / RATE
     assert spoken * 0.9 < speech_map.speech_s() < spoken * 1.15
+
+
+@pytest.mark.parametrize("piece", [100, 512, 4000])
+def test_streamed_probabilities_equal_whole_file(vad: SileroVAD, piece: int) -> None:
+    """StreamVAD fed in pieces gives SileroVAD's whole-file probabilities for every complete window."""
+    from service.audio.vad import StreamVAD
+
+    audio, _ = speech.joined(speech.SENTENCES[:2], pause_s=0.8)
+    audio = audio[: 16000 * 5 + 300]
+    whole = vad.probabilities(audio)
+    stream = StreamVAD(vad)
+    parts = [stream.push(audio[i : i + piece]) for i in range(0, audio.shape[0], piece)]
+    streamed = np.concatenate(parts)
+    assert streamed.shape[0] == audio.shape[0] // 512 == stream.windows
+    assert np.allclose(streamed, whole[: streamed.shape[0]], atol=1e-5)

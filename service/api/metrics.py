@@ -50,6 +50,16 @@ SEGMENTS_IN_FLIGHT = bentoml.metrics.Gauge(
     labelnames=["model"],
     multiprocess_mode="livesum",
 )
+REALTIME_SESSIONS = bentoml.metrics.Gauge(
+    name="asr_realtime_sessions",
+    documentation="streaming sessions open (ws /v1/realtime)",
+    multiprocess_mode="livesum",
+)
+REALTIME_AUDIO_SECONDS = bentoml.metrics.Counter(
+    name="asr_realtime_audio_seconds",
+    documentation="seconds of audio streamed into transcription sessions",
+    labelnames=["model"],
+)
 # recognizer
 SEGMENTS_RUN = bentoml.metrics.Counter(
     name="asr_recognizer_segments",

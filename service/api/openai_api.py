@@ -11,7 +11,8 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from service.api.formats import media_type, openai_verbose, render
 from service.api.http import error_body
@@ -129,10 +130,20 @@ async def model(request: Request) -> Response:
     return JSONResponse(_model_object(found))
 
 
+async def realtime(websocket: WebSocket) -> None:
+    """ws /v1/realtime?intent=transcription: streaming transcription sessions (service/api/realtime.py)."""
+    from service.api.realtime import Limits, serve
+    from service.service import SETTINGS
+
+    limits = Limits(SETTINGS.realtime_sessions, SETTINGS.realtime_max_s, SETTINGS.realtime_idle_s)
+    await serve(websocket, _service(), limits)
+
+
 openai_app = Starlette(
     routes=[
         Route("/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/models", models, methods=["GET"]),
         Route("/models/{model_id:path}", model, methods=["GET"]),
+        WebSocketRoute("/realtime", realtime),
     ]
 )

@@ -68,3 +68,31 @@ class SileroVAD:
         frames = np.lib.stride_tricks.sliding_window_view(padded, FRAME, axis=1)[:, ::HOP] * self.window
         magnitude: npt.NDArray[np.float32] = np.abs(np.fft.rfft(frames, axis=2)).reshape(frames.shape[0], -1)
         return magnitude
+
+
+class StreamVAD:
+    """Silero's probabilities along a live stream: each 32-ms window's once its samples are in, equal to
+    SileroVAD.probabilities() over the whole recording (the LSTM state and the 64 samples of context carried
+    from call to call)."""
+
+    def __init__(self, vad: SileroVAD) -> None:
+        self.vad = vad
+        self.state = np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)
+        self.context = np.zeros(CONTEXT, np.float32)
+        self.pending = np.zeros(0, np.float32)
+        self.windows = 0  # windows scored so far
+
+    def push(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """16 kHz samples in; the probabilities of the windows they complete out."""
+        self.pending = np.concatenate([self.pending, samples.astype(np.float32, copy=False)])
+        n = self.pending.shape[0] // WINDOW
+        if n == 0:
+            return np.zeros(0, np.float32)
+        block = np.concatenate([self.context, self.pending[: n * WINDOW]])
+        feeds = {"magnitude": self.vad._magnitude(block), "h": self.state[0], "c": self.state[1]}
+        probs, h, c = self.vad.session.run(["speech_probs", "hn", "cn"], feeds)
+        self.state, self.context = (h, c), block[-CONTEXT:]
+        self.pending = self.pending[n * WINDOW :]
+        self.windows += n
+        out: npt.NDArray[np.float32] = probs
+        return out

@@ -95,6 +95,7 @@ class Recognizer:
         segment_samples: int = 0,
         shapes: bool | None = None,
         device_greedy: bool | None = None,
+        streaming: bool = False,
     ):
         import onnxruntime as ort
 
@@ -143,6 +144,12 @@ class Recognizer:
             self.head = ort.InferenceSession(str(GREEDY_HEAD), providers=head_providers)
         # where the log-probabilities stay between the graph and the greedy head (I/O binding's device name)
         self.device_type = "cuda" if CUDA in self.providers else "cpu"
+        # streaming recognition's encoder on features (export/streaming.py), where the model has one
+        self.stream_session = None
+        if streaming and manifest.streaming is not None:
+            cuda_only = [(p, o) for p, o in with_options if p != TENSORRT]  # its shapes are not the profile's
+            stream_file = str(model_dir / manifest.streaming.encoder_file)
+            self.stream_session = ort.InferenceSession(stream_file, options, providers=cuda_only)
         log.info("model %s (%s) on %s", manifest.name, file, self.providers)
 
     def _check_io(self) -> None:
@@ -260,6 +267,29 @@ class Recognizer:
         blank = self.manifest.blank_id
         return [greedy_path(ids[i], best[i], max(0, min(int(valid[i]), frames)), blank) for i in range(len(batch))]
 
+    def stream(self, buffers: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
+        """Streaming recognition's buffers (normalised features [n_mels, frames], all of one shape) through the
+        encoder graph: per buffer, each output step's best token id and its log-probability, [steps, 2] float32
+        (ids are exact in float32). On CPU one run per buffer; on a GPU one run for all. A failed run gives an
+        empty [0, 2] array (the stream reports an error)."""
+        if self.stream_session is None:
+            return [np.zeros((0, 2), np.float32)] * len(buffers)
+        groups = [[i] for i in range(len(buffers))] if self.single_runs else [list(range(len(buffers)))]
+        out: list[npt.NDArray[np.float32]] = [np.zeros((0, 2), np.float32)] * len(buffers)
+        for group in groups:
+            features = np.stack([buffers[i] for i in group]).astype(np.float32, copy=False)
+            lengths = np.full(len(group), features.shape[2], np.int64)
+            try:
+                logprobs, steps = self.stream_session.run(None, {"features": features, "feature_lengths": lengths})
+            except Exception as exc:  # as in forward()
+                log.error("ONNX Runtime failed on %d stream buffer(s) of %s: %s", len(group), self.manifest.name, exc)
+                continue
+            for row, i in enumerate(group):
+                valid = logprobs[row, : int(steps[row])]
+                best = valid.argmax(axis=-1)
+                out[i] = np.stack([best.astype(np.float32), valid[np.arange(valid.shape[0]), best]], axis=1)
+        return out
+
     def logprobs(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
         """Log-probabilities for beam search, batched like infer(). A failed run gives empty arrays of one
         column (the entry answers 503 `unavailable` for them, like a failed greedy result)."""
@@ -277,6 +307,10 @@ class Recognizer:
         serving can meet is run once (cuDNN's search and TensorRT's engine happen here, not in a request)."""
         rate = self.manifest.sample_rate
         rng = np.random.default_rng(0)
+        if self.stream_session is not None and self.manifest.streaming is not None:
+            spec = self.manifest.streaming
+            frames = int(spec.buffer_s * rate / spec.hop_length)
+            self.stream([rng.standard_normal((spec.n_mels, frames)).astype(np.float32)])
         if self.shapes is None:
             for seconds in (1.0, 4.0):
                 self.infer([(0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)] * 2)
