@@ -197,6 +197,11 @@ class Settings:
                 raise bad(name, "must not be negative")
         if self.min_duration_s > self.max_duration_s:
             raise bad("min_duration_s", f"must not exceed ASR_MAX_DURATION_S={self.max_duration_s:g}")
+        if self.stream_chunk_s and self.stream_buffer_s and self.stream_chunk_s >= self.stream_buffer_s:
+            raise bad(
+                "stream_chunk_s",
+                f"a chunk must be shorter than its buffer (ASR_STREAM_BUFFER_S={self.stream_buffer_s:g})",
+            )
         if self.batch_max_size < 2:
             raise bad("batch_max_size", "a batch must hold at least 2 segments")
 

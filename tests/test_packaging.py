@@ -216,7 +216,12 @@ class Container:
 
 
 def test_container_answers_like_the_dev_server(
-    image: tuple[str, str], models: str, speech_wav: bytes, dev_text: str, dev_beam: tuple[str, str]
+    image: tuple[str, str],
+    models: str,
+    speech_wav: bytes,
+    dev_text: str,
+    dev_beam: tuple[str, str],
+    tiny_bpe: Exported,
 ) -> None:
     tool, name = image
     c = Container(tool, name, {"ASR_DEVICE": "auto"})
@@ -239,8 +244,42 @@ def test_container_answers_like_the_dev_server(
         lm_name = models.split(",")[2].split(":")[0]
         assert transcribe(c.url, speech_wav, model=lm_name, decoding="beam")["text"] == dev_beam[0]
         assert transcribe(c.url, speech_wav, model=lm_name, hotwords="समझ:50")["text"] == dev_beam[1]
+        # a streaming session over the image's WebSocket stack (uvicorn on wsproto there), through the SDK: NeMo's
+        # buffered inference of the same audio
+        import io
+
+        import soundfile as sf
+
+        from export.streaming import nemo_buffered
+
+        heard, _ = sf.read(io.BytesIO(speech_wav), dtype="float32")
+        assert stream(c.url, speech_wav) == tiny_bpe.model.tokenizer.ids_to_text(
+            nemo_buffered(tiny_bpe.model, heard, 1.6, 4.0)
+        )
     finally:
         c.remove()
+
+
+def stream(url: str, wav: bytes) -> str:
+    """The completed transcript of one explicitly committed streaming session (16-kHz PCM from `wav`)."""
+    import base64
+    import io
+
+    import soundfile as sf
+    from openai import OpenAI
+
+    audio, _ = sf.read(io.BytesIO(wav), dtype="int16")
+    client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        pcm = {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}
+        conn.session.update(session={"type": "transcription", "audio": {"input": pcm}})
+        conn.input_audio_buffer.append(audio=base64.b64encode(audio.astype("<i2").tobytes()).decode())
+        conn.input_audio_buffer.commit()
+        for event in conn:
+            assert event.type != "error", event.to_json()
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                return str(event.transcript)
+    return ""
 
 
 def test_container_demanding_a_gpu_is_not_ready(image: tuple[str, str]) -> None:

@@ -37,6 +37,8 @@ def test_geometry_is_nemos(tiny_bpe: Exported) -> None:
     for chunk, buffer in ((4.0, 4.0), (0.01, 4.0), (1.6, 10_000.0)):
         with pytest.raises(StreamingUnsupported):
             Geometry.of(tiny_bpe.manifest, chunk, buffer)
+    # buffers start at the log-mel of silence, the level NeMo's FeatureFrameBufferer means (export/streaming.py)
+    assert g.zero_level == tiny_bpe.manifest.streaming.zero_level == -16.635  # type: ignore[union-attr]
     with pytest.raises(StreamingUnsupported, match="no streaming graphs"):
         Geometry.of(tiny_bpe.manifest.model_copy(update={"streaming": None}))
 

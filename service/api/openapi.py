@@ -34,6 +34,8 @@ DESCRIPTION = """Speech to text with an NVIDIA NeMo CTC model exported to ONNX, 
 
 * `POST /transcribe`: multipart field `audio`; JSON (`Transcription`), or text, SRT or WebVTT.
 * `POST /v1/audio/transcriptions`, `GET /v1/models`, `GET /v1/models/{model_id}`: OpenAI's API (its SDKs work).
+* WebSocket `/v1/realtime?intent=transcription`: streaming transcription, OpenAI's Realtime transcription
+  session (not an HTTP route, so not described below; the README has its events).
 * `POST /status`, `GET /readyz`, `GET /livez`, `GET /metrics` (Prometheus) for operators.
 
 Every error is JSON with a stable code: `{"error": code, "message": text}`, or OpenAI's error object on `/v1`.

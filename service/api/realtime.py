@@ -46,6 +46,7 @@ CLOSE_TRY_AGAIN = 1013  # "try again later": too many sessions
 CLOSE_POLICY = 1008
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
 WINDOW = 512  # samples per VAD probability at 16 kHz
+MAX_QUEUED = 3000  # client events waiting for the session's task (5 minutes of 100-ms appends)
 
 
 def event_id() -> str:
@@ -100,9 +101,8 @@ class AudioFormat:
         return {"type": name, "rate": self.rate} if self.kind == "pcm" else {"type": name}
 
     def decode(self, data: bytes) -> npt.NDArray[np.float32]:
+        """Whole samples (a 16-bit sample split across two appends is joined by the session)."""
         if self.kind == "pcm":
-            if len(data) % 2:
-                raise ClientError("invalid_audio", "audio/pcm is 16-bit samples: an odd number of bytes", "audio")
             return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
         table: npt.NDArray[np.float32] = G711[self.kind][np.frombuffer(data, np.uint8)]
         return table
@@ -213,7 +213,8 @@ class Utterance:
         self.item_id, self.model, self.start = item_id, model, start
         self.ctc = BufferedCTC(geometry, frontend, model.manifest.blank_id)
         self.samples = 0
-        self.sent = ""
+        self.sent = ""  # text sent in deltas so far
+        self.steps_sent = 0  # emitted tokens whose log-probabilities went out with those deltas
 
 
 class Session:
@@ -228,6 +229,7 @@ class Session:
         self.rate = chosen.manifest.sample_rate
         self.resampler = Resampler(self.config.fmt.rate, self.rate)
         self.position = 0  # samples at the model's rate received in this session
+        self.odd_byte = b""  # the first byte of a 16-bit sample whose second byte has not come yet
         self.history = np.zeros(0, np.float32)  # recent audio (for the VAD's prefix padding)
         self.history_start = 0
         self.vad: StreamVAD | None = None
@@ -296,10 +298,11 @@ class Session:
             if not isinstance(include, list) or any(i != LOGPROBS for i in include):
                 raise ClientError("invalid_value", f"include takes only {LOGPROBS!r}", "include")
             logprobs = LOGPROBS in include
-        if self.utterance is not None and (model is not config.model or fmt != config.fmt):
+        if self.utterance is not None and (model is not config.model or fmt != config.fmt or turn != config.turn):
             raise ClientError(
-                "conversation_already_has_active_response",
-                "the model and audio format cannot change while audio is buffered: commit or clear first",
+                "audio_buffered",
+                "the model, audio format and turn detection cannot change while audio is buffered: commit or clear "
+                "first",
                 "session",
             )
         self.service.streaming_geometry(model)  # a model without streaming graphs is refused here
@@ -322,6 +325,10 @@ class Session:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
             raise ClientError("invalid_audio", "`audio` is not valid base64", "audio") from None
+        if self.config.fmt.kind == "pcm":  # a sample's two bytes may arrive in two appends
+            data, self.odd_byte = self.odd_byte + data, b""
+            if len(data) % 2:
+                data, self.odd_byte = data[:-1], data[-1:]
         samples = self.config.fmt.decode(data)
         metrics.REALTIME_AUDIO_SECONDS.labels(model=self.config.model.name).inc(samples.shape[0] / self.config.fmt.rate)
         if not np.isfinite(samples).all():  # cannot happen for 16-bit or G.711; kept for future float formats
@@ -333,6 +340,7 @@ class Session:
     def _new_vad(self) -> None:
         self.vad = StreamVAD(self.service.vad_model()) if self.config.turn is not None else None
         self.speaking, self.silence, self.vad_position = False, 0, self.position
+        self.history, self.history_start = np.zeros(0, np.float32), self.position
 
     async def _audio(self, samples: npt.NDArray[np.float32]) -> None:
         """New audio at the model's rate: through the VAD (server_vad) into the utterance, or straight in."""
@@ -362,7 +370,9 @@ class Session:
                 continue
             pending = (pending[0] if pending else window_start, window_end)
             self.silence = 0 if p >= turn.threshold else self.silence + WINDOW
-            if self.silence >= turn.silence_duration_ms * self.rate // 1000:
+            # silence in whole 32-ms windows, rounded down (500 ms: 15 windows, 480 ms of it below the threshold):
+            # Silero's probability falls 40-70 ms after the speech does, so the audio is quiet for longer than that
+            if self.silence >= max(1, turn.silence_duration_ms * self.rate // 1000 // WINDOW) * WINDOW:
                 self.speaking = False
                 await self._feed(self._recent(*pending))
                 pending = None
@@ -413,8 +423,8 @@ class Session:
             u.ctc.take(result[:, 0].astype(np.int64), result[:, 1])
         text = u.model.detok.text(u.ctc.tokens)
         if text.startswith(u.sent) and len(text) > len(u.sent):
-            delta, start = text[len(u.sent) :], len(u.sent)
-            u.sent = text
+            delta, first = text[len(u.sent) :], u.steps_sent
+            u.sent, u.steps_sent = text, len(u.ctc.steps)
             event = {
                 "type": "conversation.item.input_audio_transcription.delta",
                 "event_id": event_id(),
@@ -423,18 +433,14 @@ class Session:
                 "delta": delta,
             }
             if self.config.logprobs:
-                event["logprobs"] = self._logprobs(u, start)
+                event["logprobs"] = self._logprobs(u, first)
             await self.send(event)
 
-    def _logprobs(self, u: Utterance, since_chars: int = 0) -> list[dict[str, Any]]:
-        """Each emitted token's text and log-probability (of the output step that emitted it); from the first
-        token whose text reaches past `since_chars` characters."""
-        out, shown = [], 0
-        for i, (token, logprob) in enumerate(u.ctc.steps):
-            before = shown
-            shown = len(u.model.detok.text(u.ctc.tokens[: i + 1]))
-            if shown <= since_chars and before <= since_chars and since_chars:
-                continue
+    def _logprobs(self, u: Utterance, first: int = 0) -> list[dict[str, Any]]:
+        """Emitted tokens from the `first` on: each one's text and the log-probability of the output step that
+        emitted it (OpenAI's LogProbProperties)."""
+        out = []
+        for token, logprob in u.ctc.steps[first:]:
             piece = u.model.manifest.vocabulary[token].replace("\u2581", " ")
             out.append({"token": piece, "logprob": round(logprob, 6), "bytes": list(piece.encode("utf-8"))})
         return out
@@ -483,7 +489,7 @@ class Session:
         await self.send(event)
 
     def _clear(self) -> None:
-        self.utterance = None
+        self.utterance, self.odd_byte = None, b""
         if self.config.turn is not None:
             self._new_vad()
 
@@ -573,6 +579,9 @@ async def serve(websocket: Any, service: Any, limits: Limits) -> None:
                 await send(event)
                 continue
             if worker.done():
+                break
+            if queue.qsize() >= MAX_QUEUED:  # the client sends faster than the session can recognise
+                await _refuse(websocket, "server_busy", "audio arrives faster than it can be recognised", 1013, send)
                 break
             queue.put_nowait(event)
     except WebSocketDisconnect:
