@@ -14,7 +14,9 @@ random weights, which needs NeMo):
    first-run cost and speed;
 4. the service over HTTP (`bentoml serve` on 127.0.0.1, ASR_DEVICE=cuda) at 1, 16, 64 and 128 clients, and
    p50/p95 of one 10-s request;
-5. peak GPU memory (nvidia-smi, sampled every 0.2 s through the whole run).
+5. live streams (ws /v1/realtime) at real-time pace, 16, 64 and 128 of them: partial-text latency p50/p95
+   against chunk + 0.5 s (benchmarks/streaming.py's load test);
+6. peak GPU memory (nvidia-smi, sampled every 0.2 s through the whole run).
 
 Nothing is downloaded: a GPU host needs a Python with the project's runtime packages (pip install -e . --no-deps
 over wheels brought along), and the model in its store (`python -m export --config medium` on a machine with
@@ -48,6 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.http_load import clients, percentile  # noqa: E402
 from service.manifest import Manifest  # noqa: E402
 from service.recognition.device import CPU, CUDA, TENSORRT, DeviceOptions, Shapes, provider_options  # noqa: E402
 from service.recognition.recognizer import Recognizer  # noqa: E402
@@ -66,6 +69,8 @@ class Plan:
     device: str  # ASR_DEVICE for the recognizers and the server
     batches: tuple[int, ...]
     clients: tuple[int, ...]
+    streams: tuple[int, ...]  # live streams at real-time pace (ws /v1/realtime)
+    stream_s: float
     requests: int  # requests per client count
     ten_s_runs: int
     configs: dict[str, DeviceOptions] = field(default_factory=dict)  # parity / raw speed per configuration
@@ -80,6 +85,8 @@ def full_plan(cache: Path) -> Plan:
         "cuda",
         (1, 8, 32, 64),
         (1, 16, 64, 128),
+        (16, 64, 128),
+        20.0,
         256,
         20,
         {
@@ -92,7 +99,7 @@ def full_plan(cache: Path) -> Plan:
 
 def smoke_plan() -> Plan:
     small = DeviceOptions(buckets_s=(2.0, 8.0, 10.0), batch_max=4)
-    return Plan("cpu", (1, 2), (1, 4), 8, 3, {"CPU provider, GPU code paths": small})
+    return Plan("cpu", (1, 2), (1, 4), (1, 2), 5.0, 8, 3, {"CPU provider, GPU code paths": small})
 
 
 # ---------------------------------------------------------------------------------------------- audio
@@ -262,32 +269,12 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-async def _clients(url: str, payloads: list[bytes], concurrency: int) -> list[float]:
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for p in payloads:
-        queue.put_nowait(p)
-    latencies: list[float] = []
-
-    async def client(http: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            data = queue.get_nowait()
-            t = time.perf_counter()
-            r = await http.post(url + "/transcribe", files={"audio": ("a.wav", data, "audio/wav")})
-            r.raise_for_status()
-            latencies.append(time.perf_counter() - t)
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
-        await asyncio.gather(*[client(http) for _ in range(concurrency)])
-    return latencies
-
-
-def service(tag: str, plan: Plan, work: Path, lines: list[str]) -> None:
+def service(tag: str, directory: Path, plan: Plan, work: Path, lines: list[str]) -> None:
     """The service over HTTP: RTFx per client count, one 10-s request's latency, what it ran on."""
     payload_clips = [clip(5.0 + (i % 11), i) for i in range(plan.requests)]
     payloads = [encode(c, RATE) for c in payload_clips]
     audio_s = sum(c.shape[0] for c in payload_clips) / RATE
-    env = {"ASR_MODEL": tag, "ASR_DEVICE": plan.device}
+    env = {"ASR_MODEL": tag, "ASR_DEVICE": plan.device, "ASR_REALTIME_SESSIONS": str(max(plan.streams) + 4)}
     with Server(env, work / "server.log") as server:
         status = httpx.post(server.url + "/status", timeout=30).json()
         lines += [
@@ -299,18 +286,36 @@ def service(tag: str, plan: Plan, work: Path, lines: list[str]) -> None:
             "| clients | RTFx | p50 s | p95 s |",
             "|---|---|---|---|",
         ]
-        asyncio.run(_clients(server.url, payloads[:8], 4))  # warm-up
+        asyncio.run(clients(server.url, payloads[:8], 4))  # warm-up
         for concurrency in plan.clients:
             t = time.perf_counter()
-            latencies = sorted(asyncio.run(_clients(server.url, payloads, concurrency)))
+            latencies = sorted(asyncio.run(clients(server.url, payloads, concurrency)))
             wall = time.perf_counter() - t
-            p50, p95 = statistics.median(latencies), latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+            p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)
             lines.append(f"| {concurrency} | {audio_s / wall:,.1f} | {p50:.3f} | {p95:.3f} |")
         ten = encode(clip(10.0, 99), RATE)
-        one = sorted(asyncio.run(_clients(server.url, [ten] * plan.ten_s_runs, 1)))
-        p95 = one[min(len(one) - 1, int(0.95 * len(one)))]
+        one = sorted(asyncio.run(clients(server.url, [ten] * plan.ten_s_runs, 1)))
+        p95 = percentile(one, 0.95)
         lines += ["", f"One 10-s request, one at a time ({len(one)} runs): p50 {statistics.median(one) * 1000:.1f} ms, "
                   f"p95 {p95 * 1000:.1f} ms.", ""]  # fmt: skip
+        # live streams (benchmarks/streaming.py's load test): partial-text latency against chunk + 0.5 s
+        from benchmarks.streaming import load
+
+        manifest = Manifest.read(directory)
+        if manifest.streaming is not None:
+            chunk = manifest.streaming.chunk_s
+            lines += [
+                "## Streaming (ws /v1/realtime)",
+                "",
+                f"Each stream {plan.stream_s:g} s of audio at real-time pace in 100-ms pieces; partial latency from "
+                "the audio completing a chunk to its delta.",
+                "",
+                f"| streams | partial p50 s | partial p95 s | p95 <= {chunk + 0.5:g} s | final p50 s | final max s | "
+                "completed = replayed text |",
+                "|---|---|---|---|---|---|---|",
+                *load(server.url, directory, manifest, list(plan.streams), plan.stream_s),
+                "",
+            ]
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -360,7 +365,7 @@ def main() -> None:
         ]
         identical = parity(directory, manifest, plan, lines)
         raw_speed(directory, manifest, plan, lines)
-        service(tag, plan, work, lines)
+        service(tag, directory, plan, work, lines)
     peak = f"{memory.peak:,.0f} MiB" if memory.peak is not None else "not measured (no nvidia-smi)"
     lines += [f"Peak GPU memory in use: {peak}. Whole check: {time.perf_counter() - started:.0f} s.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,7 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.accuracy import transcribe_each  # noqa: E402
-from export.variants import cpu_name  # noqa: E402
+from benchmarks.http_load import percentile  # noqa: E402
 from tests import speech  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
@@ -58,11 +57,6 @@ def pcm16(audio: Audio) -> bytes:
 
 def heard(audio: Audio) -> Audio:
     return np.frombuffer(pcm16(audio), "<i2").astype(np.float32) / 32768.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def export(*args: str) -> str:
@@ -168,8 +162,10 @@ async def one_stream(url: str, audio: Audio, start: float, lengths: list[int], c
     return {"latencies": latencies, "final": done["at"] - committed, "text_ok": len(done["transcript"]) == lengths[-1]}
 
 
-def load(url: str, model_dir: Path, manifest: Any, counts: list[int]) -> list[str]:
-    audio = heard(speech.joined(speech.SENTENCES * 2, pause_s=0.4)[0][: 24 * RATE])
+def load(url: str, model_dir: Path, manifest: Any, counts: list[int], seconds: float = 24.0) -> list[str]:
+    """One table row per stream count: each stream `seconds` of speech at real-time pace (benchmarks/gpu_check.py
+    runs this too)."""
+    audio = heard(speech.joined(speech.SENTENCES * 3, pause_s=0.4)[0][: int(seconds * RATE)])
     lengths, completes = chunk_texts(model_dir, manifest, audio)
     chunk = manifest.streaming.chunk_s
     rows = []
@@ -272,14 +268,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default="1,2,4,8,12,16")
     parser.add_argument("--sentences", type=int, default=100)
+    parser.add_argument("--load-only", action="store_true", help="only the load rows, printed (no results file)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="asr-streaming-"))
     os.environ["BENTOML_HOME"] = str(home)
     import bentoml
 
+    from benchmarks.accuracy import transcribe_each
     from demo.evaluate import conditions
     from demo.metrics import wer
     from demo.text import read_heldout
+    from export.variants import cpu_name
     from service.manifest import Manifest
 
     machine = f"{cpu_name()}, {os.cpu_count()} cores"
@@ -290,6 +289,8 @@ def main() -> None:
     env = {"ASR_DEVICE": "cpu", "ASR_REALTIME_SESSIONS": str(max(counts) + 4)}
     with Server({**env, "ASR_MODEL": medium}, home / "medium.log") as s:
         load_rows = load(s.url, medium_dir, manifest, counts)
+    if args.load_only:
+        return
     demo = export(
         "--nemo", str(ROOT / "demo" / "stt_hi_demo_conformer_ctc.nemo"), "--name", "stt_hi_demo_conformer_ctc"
     )
@@ -308,7 +309,8 @@ def main() -> None:
             )
             print(accuracy_rows[-1], file=sys.stderr, flush=True)
     chunk = manifest.streaming.chunk_s
-    carried = max((n for n, row in zip(counts, load_rows, strict=True) if "| yes |" in row), default=0)
+    within = [n for n, row in zip(counts, load_rows, strict=True) if row.split("|")[4].strip() == "yes"]
+    carried = max(within, default=0)
     text = "\n".join(
         [
             f"# Streaming transcription (ws /v1/realtime), {time.strftime('%Y-%m-%d')}",

@@ -45,6 +45,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.http_load import clients, percentile  # noqa: E402
 from benchmarks.latency import interleaved  # noqa: E402
 from export.variants import cpu_name  # noqa: E402
 from tests import speech  # noqa: E402
@@ -248,27 +249,6 @@ class Sampler:
         self._thread.join()
 
 
-async def clients(url: str, payloads: list[bytes], concurrency: int) -> list[float]:
-    """`concurrency` clients share the payload queue; returns each request's latency."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for p in payloads:
-        queue.put_nowait(p)
-    latencies: list[float] = []
-
-    async def client(http: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            data = queue.get_nowait()
-            t = time.perf_counter()
-            r = await http.post(url + "/transcribe", files={"audio": ("a.wav", data, "audio/wav")})
-            r.raise_for_status()
-            latencies.append(time.perf_counter() - t)
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
-        await asyncio.gather(*[client(http) for _ in range(concurrency)])
-    return latencies
-
-
 def paired_rounds(
     session: Any, clips: list[np.ndarray], url: str, payloads: list[bytes], concurrency: int, rounds: int
 ) -> list[tuple[float, float]]:
@@ -283,11 +263,6 @@ def paired_rounds(
         asyncio.run(clients(url, payloads, concurrency))
         out.append((raw, audio_s / (time.perf_counter() - t)))
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def bench_service(

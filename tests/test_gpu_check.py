@@ -33,11 +33,21 @@ def test_gpu_check_smoke(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     text = out.read_text()
-    for section in ("## Parity with the CPU graph", "## Raw session", "## Service (HTTP)", "Peak GPU memory"):
+    sections = (
+        "## Parity with the CPU graph",
+        "## Raw session",
+        "## Service (HTTP)",
+        "## Streaming",
+        "Peak GPU memory",
+    )
+    for section in sections:
         assert section in text, section
     # the GPU code paths (fixed shapes, greedy head by I/O binding) gave the CPU graph's tokens on every clip
     assert "| CPU provider, GPU code paths | CPUExecutionProvider |" in text and "| 8/8 |" in text
     assert "not run" not in text
-    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
+    served = text.split("## Service (HTTP)")[1].split("## Streaming")[0]
+    rows = [line for line in served.splitlines() if line.startswith(("| 1 |", "| 4 |"))]
     assert len(rows) == 2  # the service at both client counts
     assert "One 10-s request" in text
+    streams = [line for line in text.split("## Streaming")[1].splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(streams) == 2 and all(line.endswith("| yes |") for line in streams)  # completed = replayed text
