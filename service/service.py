@@ -413,9 +413,10 @@ class Transcriber:
         if served.name not in self._streams:
             if SETTINGS.realtime_sessions == 0:
                 raise StreamingUnsupported("streaming is off on this server (ASR_REALTIME_SESSIONS=0)")
-            if served.manifest.sample_rate != 16000:
-                raise StreamingUnsupported(f"model {served.name} runs at {served.manifest.sample_rate} Hz: streaming "
-                                           "serves 16 kHz models (its VAD hears 16 kHz)")  # fmt: skip
+            rate = served.manifest.sample_rate
+            if rate != 16000:
+                why = f"model {served.name} runs at {rate} Hz: streaming serves 16 kHz models (its VAD hears 16 kHz)"
+                raise StreamingUnsupported(why)
             geometry = Geometry.of(served.manifest, SETTINGS.stream_chunk_s, SETTINGS.stream_buffer_s)
             import onnxruntime as ort
 
@@ -436,8 +437,10 @@ class Transcriber:
         """A stream's buffers through the model's streaming batch queue (shared with every other stream)."""
         try:
             out = await self._recognize(served, buffers, served.stream_method)
-        except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-            log.warning("recognizer call failed: %r", exc)
+        except (aiohttp.ClientConnectionError, ConnectionError, bentoml.exceptions.BentoMLException) as exc:
+            # the recognizer restarted, or its queue is past its latency bound: the session ends with an error
+            # event (service/api/realtime.py), its client reconnects
+            log.warning("recognizer call for a stream failed: %r", exc)
             return [np.zeros((0, 2), np.float32)] * len(buffers)
         return [np.asarray(r, dtype=np.float32) for r in out]
 

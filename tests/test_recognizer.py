@@ -213,3 +213,20 @@ def test_tensorrt_demanded_without_a_gpu(tiny_bpe: Exported) -> None:
     assert "TensorRT" in r.not_ready_reason or "CUDA" in r.not_ready_reason
     # TensorRT's libraries are not installed here: the preload says so (the service logs it) instead of failing
     assert TENSORRT_PACKAGE in preload_tensorrt()
+
+
+def test_stream_buffers_alone_and_stacked(tiny_bpe: Exported) -> None:
+    """The streaming encoder's buffers run one by one on the CPU and stacked in one run on a GPU: the same best
+    tokens and log-probabilities either way; a model without streaming graphs answers empty results."""
+    r = Recognizer(tiny_bpe.directory, tiny_bpe.manifest, device="cpu", streaming=True)
+    rng = np.random.default_rng(1)
+    buffers = [rng.standard_normal((80, 400)).astype(np.float32) for _ in range(3)]
+    alone = r.stream(buffers)
+    r.single_runs = False
+    stacked = r.stream(buffers)
+    for a, b in zip(alone, stacked, strict=True):
+        assert a.shape == b.shape == (100, 2)
+        assert np.array_equal(a[:, 0], b[:, 0]) and np.allclose(a[:, 1], b[:, 1], atol=1e-4)
+    assert np.all(alone[0][:, 1] <= 0) and alone[0][:, 0].max() <= tiny_bpe.manifest.blank_id
+    off = Recognizer(tiny_bpe.directory, tiny_bpe.manifest, device="cpu")
+    assert off.stream_session is None and [x.shape for x in off.stream(buffers)] == [(0, 2)] * 3
