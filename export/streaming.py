@@ -147,13 +147,23 @@ def nemo_buffered(model: Any, audio: npt.NDArray[np.float32], chunk_s: float, bu
         return ""
 
     asr.greedy_merge = keep_ids  # type: ignore[method-assign]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "a.wav"
-        sf.write(path, audio, int(fb.sample_rate), subtype="FLOAT")
-        asr.reset()
-        asr.read_audio_file(str(path), delay, model_stride_s)
-        with torch.inference_mode():
-            asr.transcribe(tokens_per_chunk, delay)
+    # FrameBatchASR runs the model as it finds it, and NeMo's transcribe() leaves the encoder in training mode
+    # (its unfreeze() calls train()): dropout on, and BatchNorm updating its statistics with every buffer. Run in
+    # eval mode, as NeMo's script does (it calls eval() and never transcribe()), and leave each module's mode as
+    # it was.
+    modes = {name: module.training for name, module in model.named_modules()}
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "a.wav"
+            sf.write(path, audio, int(fb.sample_rate), subtype="FLOAT")
+            asr.reset()
+            asr.read_audio_file(str(path), delay, model_stride_s)
+            with torch.inference_mode():
+                asr.transcribe(tokens_per_chunk, delay)
+    finally:
+        for name, module in model.named_modules():
+            module.training = modes[name]
     return captured[-1]
 
 

@@ -47,8 +47,9 @@ def lm_model(tiny_char: Exported, tmp_path_factory: pytest.TempPathFactory) -> s
     from export.store import register
 
     work = tmp_path_factory.mktemp("lm-model")
-    for file in ("model.onnx", "manifest.json"):
-        shutil.copy2(tiny_char.directory / file, work / file)
+    for file in tiny_char.directory.iterdir():  # the graphs (main and streaming) and the manifest
+        if file.is_file():
+            shutil.copy2(file, work / file.name)
     arpa = work / "text.arpa"
     arpa.write_text(build_arpa([s.split() for s in speech.SENTENCES], 3), encoding="utf-8")
     m = tiny_char.manifest
