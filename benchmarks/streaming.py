@@ -99,31 +99,20 @@ async def paced(ws: Any, audio: Audio, start: float, sent_at: list[float], size:
 
 
 def chunk_texts(model_dir: Path, manifest: Any, audio: Audio) -> tuple[list[int], list[int]]:
-    """Replaying the buffered inference here: the text length after each buffer, and the sample that completes
-    each buffer's chunk (the last chunks come from the commit's flush: sample = len(audio))."""
-    import onnxruntime as ort
-
-    from service.recognition.streaming import BufferedCTC, Geometry, frontend_runner
+    """Replaying the buffered inference here (export.streaming.ours_buffered, fed as the clients feed): the text
+    length after each buffer, and the sample that completes each buffer's chunk (the last chunks come from the
+    commit's flush: sample = len(audio))."""
+    from export.streaming import ours_buffered
     from service.recognition.tokens import Detokenizer
 
-    g = Geometry.of(manifest)
-    spec = manifest.streaming
-    frontend = ort.InferenceSession(str(model_dir / spec.frontend_file), providers=["CPUExecutionProvider"])
-    encoder = ort.InferenceSession(str(model_dir / spec.encoder_file), providers=["CPUExecutionProvider"])
     detok = Detokenizer(manifest.vocabulary, manifest.tokenizer)
-    stream = BufferedCTC(g, frontend_runner(frontend), manifest.blank_id)
     lengths, completes = [], []
 
-    def run(buffers: list[Audio], sample: int) -> None:
-        for b in buffers:
-            feeds = {"features": b[None], "feature_lengths": np.array([b.shape[1]], np.int64)}
-            stream.take(encoder.run(["logprobs"], feeds)[0][0].argmax(axis=-1))
-            lengths.append(len(detok.text(stream.tokens)))
-            completes.append(sample)
+    def record(stream: Any, samples: int) -> None:
+        lengths.append(len(detok.text(stream.tokens)))
+        completes.append(samples)
 
-    for i in range(0, audio.shape[0], PIECE):
-        run(stream.feed(audio[i : i + PIECE]), min(audio.shape[0], i + PIECE))
-    run(stream.finish(), audio.shape[0])
+    ours_buffered(model_dir, manifest.streaming, manifest, audio, PIECE, record)
     return lengths, completes
 
 

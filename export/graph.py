@@ -68,28 +68,38 @@ def _nemo_export_mode(model: Any) -> Iterator[None]:
         typecheck.set_typecheck_enabled(enabled=True)
 
 
+def example_audio(sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two items of different lengths, so that no shape or length gets baked in as a constant."""
+    n = sample_rate * 2
+    return torch.randn(2, n) * 0.1, torch.tensor([n, n * 3 // 4], dtype=torch.int64)
+
+
+def trace(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, axes: dict[str, dict[int, str]]) -> None:
+    """The legacy TorchScript exporter (NeMo's own choice for Conformers), inside _nemo_export_mode. `axes` names
+    the inputs, then the outputs, in order, with their dynamic axes."""
+    names = list(axes)
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        input_names=names[: len(args)],
+        output_names=names[len(args) :],
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+
+
 def export_onnx(model: Any, path: Path, sample_rate: int) -> None:
-    """Trace the wrapper with the legacy TorchScript exporter (NeMo's own choice for Conformers)."""
+    """Trace the wrapper: waveform in, log-probabilities out."""
     model.eval()
     wrapper = WaveformToLogProbs(model).eval()
-    # Two items of different lengths so that no shape or length gets baked in as a constant.
-    n = sample_rate * 2
-    audio = torch.randn(2, n) * 0.1
-    lengths = torch.tensor([n, n * 3 // 4], dtype=torch.int64)
+    axes = {
+        INPUT_NAMES[0]: {0: "batch", 1: "samples"},
+        INPUT_NAMES[1]: {0: "batch"},
+        OUTPUT_NAMES[0]: {0: "batch", 1: "frames"},
+        OUTPUT_NAMES[1]: {0: "batch"},
+    }
     with _nemo_export_mode(model):
-        torch.onnx.export(
-            wrapper,
-            (audio, lengths),
-            str(path),
-            input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES,
-            dynamic_axes={
-                "audio": {0: "batch", 1: "samples"},
-                "audio_lengths": {0: "batch"},
-                "logprobs": {0: "batch", 1: "frames"},
-                "logprobs_lengths": {0: "batch"},
-            },
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        trace(wrapper, example_audio(sample_rate), path, axes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import torch
 from torch import nn
 
 from export.frontend import LogMelFrontEnd
-from export.graph import OPSET, _nemo_export_mode
+from export.graph import _nemo_export_mode, example_audio, trace
 from service.manifest import StreamingSpec
+from service.recognition.streaming import BufferedCTC
 
 FRONTEND_FILE = "stream_frontend.onnx"
 ENCODER_FILE = "stream_encoder.onnx"
@@ -69,48 +71,29 @@ def zero_level(model: Any) -> float:
 
 
 def export_streaming(model: Any, out_dir: Path, sample_rate: int) -> None:
-    """Trace both graphs (the legacy TorchScript exporter, as model.onnx)."""
+    """Trace both graphs (as model.onnx is traced)."""
     model.eval()
     frontend = LogMelFrontEnd(model.preprocessor.featurizer).eval()
     frontend.normalize = False
-    n = sample_rate * 2
-    audio = torch.randn(2, n) * 0.1
-    lengths = torch.tensor([n, n * 3 // 4], dtype=torch.int64)
     encoder = FeaturesToLogProbs(model).eval()
+    audio, lengths = example_audio(sample_rate)
+    batch, frames = {0: "batch"}, {0: "batch", 2: "frames"}
     with _nemo_export_mode(model):
-        features, feature_lengths = frontend(audio, lengths)
-        torch.onnx.export(
-            frontend,
-            (audio, lengths),
-            str(out_dir / FRONTEND_FILE),
-            input_names=["audio", "audio_lengths"],
-            output_names=["features", "feature_lengths"],
-            dynamic_axes={
-                "audio": {0: "batch", 1: "samples"},
-                "audio_lengths": {0: "batch"},
-                "features": {0: "batch", 2: "frames"},
-                "feature_lengths": {0: "batch"},
-            },
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-        torch.onnx.export(
-            encoder,
-            (features, feature_lengths),
-            str(out_dir / ENCODER_FILE),
-            input_names=["features", "feature_lengths"],
-            output_names=["logprobs", "logprobs_lengths"],
-            dynamic_axes={
-                "features": {0: "batch", 2: "frames"},
-                "feature_lengths": {0: "batch"},
-                "logprobs": {0: "batch", 1: "steps"},
-                "logprobs_lengths": {0: "batch"},
-            },
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        features = frontend(audio, lengths)
+        axes = {
+            "audio": {0: "batch", 1: "samples"},
+            "audio_lengths": batch,
+            "features": frames,
+            "feature_lengths": batch,
+        }
+        trace(frontend, (audio, lengths), out_dir / FRONTEND_FILE, axes)
+        axes = {
+            "features": frames,
+            "feature_lengths": batch,
+            "logprobs": {0: "batch", 1: "steps"},
+            "logprobs_lengths": batch,
+        }
+        trace(encoder, features, out_dir / ENCODER_FILE, axes)
 
 
 def nemo_buffered(model: Any, audio: npt.NDArray[np.float32], chunk_s: float, buffer_s: float) -> list[int]:
@@ -174,13 +157,19 @@ def _subsampling(model: Any) -> int:
 
 
 def ours_buffered(
-    out_dir: Path, spec: StreamingSpec, manifest_like: Any, audio: npt.NDArray[np.float32], piece: int = 4000
+    out_dir: Path,
+    spec: StreamingSpec,
+    manifest_like: Any,
+    audio: npt.NDArray[np.float32],
+    piece: int = 4000,
+    after: Callable[[BufferedCTC, int], None] | None = None,
 ) -> list[int]:
     """The service's streaming recognition (service/recognition/streaming.py) of one recording fed in pieces of
-    `piece` samples, with both graphs on ONNX Runtime's CPU provider: its token ids."""
+    `piece` samples, with both graphs on ONNX Runtime's CPU provider: its token ids. `after(stream, samples)`
+    is called after each buffer's result, with the samples fed when that buffer was made."""
     import onnxruntime as ort
 
-    from service.recognition.streaming import BufferedCTC, Geometry, frontend_runner
+    from service.recognition.streaming import Geometry, frontend_runner
 
     manifest = manifest_like.model_copy(update={"streaming": spec})
     geometry = Geometry.of(manifest)
@@ -188,15 +177,17 @@ def ours_buffered(
     encoder = ort.InferenceSession(str(out_dir / spec.encoder_file), providers=["CPUExecutionProvider"])
     stream = BufferedCTC(geometry, frontend_runner(frontend), manifest.blank_id)
 
-    def run(buffers: list[npt.NDArray[np.float32]]) -> None:
+    def run(buffers: list[npt.NDArray[np.float32]], samples: int) -> None:
         for b in buffers:
             feeds = {"features": b[None], "feature_lengths": np.array([b.shape[1]], np.int64)}
             logprobs = encoder.run(["logprobs"], feeds)[0][0]
             stream.take(logprobs.argmax(axis=-1))
+            if after is not None:
+                after(stream, samples)
 
     for start in range(0, audio.shape[0], piece):
-        run(stream.feed(audio[start : start + piece]))
-    run(stream.finish())
+        run(stream.feed(audio[start : start + piece]), min(audio.shape[0], start + piece))
+    run(stream.finish(), audio.shape[0])
     return stream.tokens
 
 

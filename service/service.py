@@ -137,7 +137,8 @@ _check_variant()
 
 def _method(index: int, kind: str = "infer") -> str:
     """Model `index`'s batch API, named after the model: BentoML labels its batching metrics with it. `infer_`:
-    greedy results; `logprobs_`: the log-probabilities beam search decodes (each its own batch queue)."""
+    greedy results; `logprobs_`: the log-probabilities beam search decodes; `stream_`: streaming buffers (each its
+    own batch queue)."""
     name = re.sub(r"\W", "_", str(MODELS[index].tag).split(":")[0])
     return f"{kind}_{name}"
 
@@ -165,8 +166,17 @@ def _count_runs(engine: Engine, results: list[Any], failed: int) -> None:
     metrics.SEGMENTS_RUN.labels(model=name, outcome="run").inc(len(results) - failed)
 
 
+def _batchable(api: Any, index: int, kind: str) -> Any:
+    """`api` as model `index`'s batch API of `kind`: each its own adaptive-batching queue, so no batch mixes
+    models or kinds."""
+    api.__name__ = api.__qualname__ = _method(index, kind)
+    return bentoml.api(
+        batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
+    )(api)
+
+
 def _infer_api(index: int) -> Any:
-    """Model `index`'s batchable API: each model has its own adaptive-batching queue, so no batch mixes models."""
+    """Model `index`'s greedy results, one per segment (failed ones carry `error`)."""
 
     def infer(self: Any, segments: list[np.ndarray]) -> list[SegmentResult]:
         engine: Engine = self.engines[index]
@@ -174,42 +184,22 @@ def _infer_api(index: int) -> Any:
         _count_runs(engine, results, sum(1 for r in results if r.error))
         return results
 
-    infer.__name__ = infer.__qualname__ = _method(index)
-    return bentoml.api(
-        batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
-    )(infer)
+    return _batchable(infer, index, "infer")
 
 
-def _logprobs_api(index: int) -> Any:
-    """Model `index`'s log-probabilities for beam search, batched like its greedy API: [frames, vocab+1] float32
-    per segment, its valid frames only (an empty array where ONNX Runtime failed)."""
+def _array_api(index: int, kind: str) -> Any:
+    """Model `index`'s arrays, one per item, an empty one where ONNX Runtime failed. logprobs: each segment's
+    [frames, vocab+1] float32 over its valid frames, for beam search; stream: each streaming buffer (normalised
+    features, one shape per model, from all open streams) through the encoder graph, [steps, 2] (best token id,
+    its log-probability)."""
 
-    def logprobs(self: Any, segments: list[np.ndarray]) -> list[np.ndarray]:
+    def arrays(self: Any, items: list[np.ndarray]) -> list[np.ndarray]:
         engine: Engine = self.engines[index]
-        results = engine.logprobs(segments)
+        results: list[np.ndarray] = getattr(engine, kind)(items)
         _count_runs(engine, results, sum(1 for r in results if r.shape[0] == 0))
         return results
 
-    logprobs.__name__ = logprobs.__qualname__ = _method(index, "logprobs")
-    return bentoml.api(
-        batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
-    )(logprobs)
-
-
-def _stream_api(index: int) -> Any:
-    """Model `index`'s streaming buffers (normalised features, one shape per model) through its encoder graph,
-    batched across all open streams: per buffer [steps, 2] (best token id, its log-probability)."""
-
-    def stream(self: Any, buffers: list[np.ndarray]) -> list[np.ndarray]:
-        engine: Engine = self.engines[index]
-        results = engine.stream(buffers)
-        _count_runs(engine, results, sum(1 for r in results if r.shape[0] == 0))
-        return results
-
-    stream.__name__ = stream.__qualname__ = _method(index, "stream")
-    return bentoml.api(
-        batchable=True, max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms
-    )(stream)
+    return _batchable(arrays, index, kind)
 
 
 class Recognizer:
@@ -276,8 +266,8 @@ class Recognizer:
 for _index, _model in enumerate(MODELS):
     setattr(Recognizer, f"model_{_index}", _model)
     setattr(Recognizer, _method(_index), _infer_api(_index))
-    setattr(Recognizer, _method(_index, "logprobs"), _logprobs_api(_index))
-    setattr(Recognizer, _method(_index, "stream"), _stream_api(_index))
+    for _kind in ("logprobs", "stream"):
+        setattr(Recognizer, _method(_index, _kind), _array_api(_index, _kind))
 
 Recognizer = bentoml.service(  # type: ignore[misc]
     name="asr_recognizer",
@@ -430,7 +420,7 @@ class Transcriber:
         return self._streams[served.name]
 
     async def run_blocking(self, fn: Any, *args: Any) -> Any:
-        """A short CPU step of a stream (VAD, features) off the event loop, on the VAD's threads."""
+        """CPU work of the VAD and of streams' features off the event loop, on the VAD's threads."""
         return await asyncio.get_running_loop().run_in_executor(self._vad_threads, fn, *args)
 
     async def recognize_stream(self, served: ServedModel, buffers: list[np.ndarray]) -> list[np.ndarray]:
@@ -551,8 +541,7 @@ class Transcriber:
             if self.vad is None:
                 segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
             else:
-                segments, speech = await asyncio.get_running_loop().run_in_executor(
-                    self._vad_threads,
+                segments, speech = await self.run_blocking(
                     cut_by_speech,
                     decoded.samples,
                     rate,

@@ -207,10 +207,10 @@ Recognize = Callable[[Any, list[npt.NDArray[np.float32]]], Awaitable[list[npt.ND
 class Utterance:
     """One conversation item: its audio through buffered CTC, the text sent so far."""
 
-    def __init__(self, item_id: str, model: Any, geometry: Any, frontend: Any, start: int) -> None:
+    def __init__(self, item_id: str, model: Any, geometry: Any, frontend: Any) -> None:
         from service.recognition.streaming import BufferedCTC
 
-        self.item_id, self.model, self.start = item_id, model, start
+        self.item_id, self.model = item_id, model
         self.ctc = BufferedCTC(geometry, frontend, model.manifest.blank_id)
         self.samples = 0
         self.sent = ""  # text sent in deltas so far
@@ -331,8 +331,6 @@ class Session:
                 data, self.odd_byte = data[:-1], data[-1:]
         samples = self.config.fmt.decode(data)
         metrics.REALTIME_AUDIO_SECONDS.labels(model=self.config.model.name).inc(samples.shape[0] / self.config.fmt.rate)
-        if not np.isfinite(samples).all():  # cannot happen for 16-bit or G.711; kept for future float formats
-            raise ClientError("invalid_audio", "audio holds NaN or infinite samples", "audio")
         await self._audio(self.resampler.push(samples))
 
     # -------------------------------------------------------------------------------------- audio
@@ -344,11 +342,10 @@ class Session:
 
     async def _audio(self, samples: npt.NDArray[np.float32]) -> None:
         """New audio at the model's rate: through the VAD (server_vad) into the utterance, or straight in."""
-        start = self.position
         self.position += samples.shape[0]
         if self.config.turn is None or self.vad is None:  # explicit commits: everything is the utterance
             if self.utterance is None:
-                self._begin(start)
+                self._begin()
             await self._feed(samples)
             return
         self._remember(samples)
@@ -363,7 +360,7 @@ class Session:
                 if p >= turn.threshold:
                     self.speaking, self.silence = True, 0
                     first = max(self.history_start, window_start - turn.prefix_padding_ms * self.rate // 1000)
-                    utterance = self._begin(first)
+                    utterance = self._begin()
                     started = {"type": "input_audio_buffer.speech_started", "event_id": event_id()}
                     await self.send({**started, "item_id": utterance.item_id, "audio_start_ms": self._ms(first)})
                     pending = (first, window_end)
@@ -397,12 +394,12 @@ class Session:
     def _recent(self, start: int, end: int) -> npt.NDArray[np.float32]:
         return self.history[start - self.history_start : end - self.history_start]
 
-    def _begin(self, start: int) -> Utterance:
+    def _begin(self) -> Utterance:
         self.items += 1
         item_id = f"item_{self.id[5:17]}_{self.items:04d}"
         model = self.config.model
         geometry, frontend = self.service.streaming_geometry(model)
-        self.utterance = Utterance(item_id, model, geometry, frontend, start)
+        self.utterance = Utterance(item_id, model, geometry, frontend)
         return self.utterance
 
     async def _feed(self, samples: npt.NDArray[np.float32]) -> None:
@@ -441,7 +438,7 @@ class Session:
         emitted it (OpenAI's LogProbProperties)."""
         out = []
         for token, logprob in u.ctc.steps[first:]:
-            piece = u.model.manifest.vocabulary[token].replace("\u2581", " ")
+            piece = u.model.manifest.vocabulary[token].replace(u.model.manifest.tokenizer.word_marker, " ")
             out.append({"token": piece, "logprob": round(logprob, 6), "bytes": list(piece.encode("utf-8"))})
         return out
 

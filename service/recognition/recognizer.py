@@ -110,13 +110,13 @@ class Recognizer:
         self.manifest = manifest
         file = manifest.graph.file if not variant else manifest.variants[variant].file
         self.graph_file = file
-        self.input_names = [t.name for t in manifest.graph.inputs]
+        inputs = [t.name for t in manifest.graph.inputs]  # checked against the session's in _check_io
         longest = segment_samples or manifest.max_segment_samples
         fixed = Shapes.for_model(gpu.buckets_s, longest, manifest.sample_rate, gpu.batch_max) if gpu.buckets_s else None
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
-        with_options = list(zip(requested, provider_options(requested, gpu, self.input_names, fixed), strict=True))
+        with_options = list(zip(requested, provider_options(requested, gpu, inputs, fixed), strict=True))
         self.session = ort.InferenceSession(str(model_dir / file), options, providers=with_options)
         self.providers: list[str] = list(self.session.get_providers())
         self.on_gpu = any(p in GPU_PROVIDERS for p in self.providers)

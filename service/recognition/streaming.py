@@ -153,9 +153,13 @@ class BufferedCTC:
         self.pending = np.zeros((geometry.n_mels, 0), np.float32)  # frames not yet in a chunk
         self.buffer = np.full((geometry.n_mels, geometry.buffer_frames), geometry.zero_level, np.float32)
         self.previous = blank_id
-        self.tokens: list[int] = []
-        self.steps: list[tuple[int, float]] = []  # (token, log-prob) of every kept output step, in order
+        self.steps: list[tuple[int, float]] = []  # each emitted token and the log-prob of the step emitting it
         self.finished = False
+
+    @property
+    def tokens(self) -> list[int]:
+        """The transcript's token ids so far."""
+        return [token for token, _ in self.steps]
 
     def feed(self, samples: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
         if self.finished:
@@ -208,5 +212,4 @@ class BufferedCTC:
                 added.append(int(p))
                 self.steps.append((int(p), float(score)))
             self.previous = p
-        self.tokens += added
         return added
