@@ -278,13 +278,16 @@ def sessions_open(url: str) -> float:
 def test_session_limits_idle_and_vanishing_clients(tiny_bpe: Exported, tmp_path: Path) -> None:
     """ASR_REALTIME_SESSIONS=1: a second session gets an error and close code 1013; an idle session closes
     after ASR_REALTIME_IDLE_S; a session closes after ASR_REALTIME_MAX_S; a client that vanishes mid-stream
-    frees its session at once."""
+    frees its session at once. ASR_STREAM_CHUNK_S / ASR_STREAM_BUFFER_S: NeMo's buffered inference with those
+    lengths."""
     env = {
         "ASR_MODEL": tiny_bpe.tag,
         "ASR_DEVICE": "cpu",
         "ASR_REALTIME_SESSIONS": "1",
         "ASR_REALTIME_IDLE_S": "1.5",
         "ASR_REALTIME_MAX_S": "4",
+        "ASR_STREAM_CHUNK_S": "0.8",
+        "ASR_STREAM_BUFFER_S": "2.4",
     }
     with Server(env, tmp_path / "limits.log") as s:
         first = raw(s.url)
@@ -330,8 +333,17 @@ def test_session_limits_idle_and_vanishing_clients(tiny_bpe: Exported, tmp_path:
         while sessions_open(s.url) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sessions_open(s.url) == 0
-        with raw(s.url) as again:  # the slot is free
-            assert next_event(again)["type"] == "session.created"
+        with connect(s.url) as again:  # the slot is free; 0.8-s chunks in 2.4-s buffers
+            assert until(again, "session.created")
+            again.session.update(session=session({"type": "audio/pcm", "rate": 16000}, None))
+            until(again, "session.updated")
+            audio = speech.joined(speech.SENTENCES[2:4], pause_s=0.5)[0]
+            send_audio(again, pcm16(audio))
+            again.input_audio_buffer.commit()
+            done = until(again, "conversation.item.input_audio_transcription.completed")[-1]
+            model = tiny_bpe.model
+            assert done.transcript == model.tokenizer.ids_to_text(nemo_buffered(model, quantised(audio), 0.8, 2.4))
+            assert done.transcript != model.tokenizer.ids_to_text(nemo_buffered(model, quantised(audio), 1.6, 4.0))
         log = s.logs()
         assert "Traceback" not in log
 
