@@ -24,6 +24,7 @@ REPLACED = {
     "bentoml._internal.marshal.dispatcher.Optimizer.trigger_refresh": "f87e72c1c3570482",
     "bentoml._internal.marshal.dispatcher.CorkDispatcher.train_optimizer": "311114504896b3fb",
     "bentoml._internal.marshal.dispatcher.CorkDispatcher.inbound_call": "2c6278ea11900d05",
+    "bentoml._internal.marshal.dispatcher.CorkDispatcher.__init__": "5a214027709d1a3d",
     "bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
     "bentoml._internal.utils.filesystem.TempfilePool.release": "7ac0cb70fe0a86e8",
     "bentoml._internal.context.ServiceContext.in_request": "17f83b1eb008c3c4",
@@ -82,6 +83,8 @@ _originals: dict[str, Any] = {}  # the replaced code, kept so that check() still
 # The paths the service answers, for BentoML's HTTP metrics labels (service.py fills it in): any other path is
 # counted under "other". Entries ending in "/" (but "/" itself) are prefixes of a family (/v1/models/{id}).
 known_paths: set[str] = set()
+# Batches one batch queue may have running at once (service.py: the recognizer's CPU lanes); 1 is BentoML's own.
+concurrent_batches = 1
 # Called with the number of segments dropped from a batch queue because their caller went away.
 on_dropped: Callable[[int], None] = lambda count: None  # noqa: E731
 
@@ -94,6 +97,7 @@ def apply() -> None:
     _originals.update({name: _resolve(name) for name in REPLACED})
     _limit_malloc_arenas()
     _never_cork()
+    _concurrent_batches()
     _drop_abandoned_jobs()
     _release_timeout_timers()
     _remove_request_dirs()
@@ -135,6 +139,24 @@ def _never_cork() -> None:
 
     dispatcher.Optimizer.trigger_refresh = trigger_refresh  # type: ignore[method-assign,assignment]
     dispatcher.CorkDispatcher.train_optimizer = train_optimizer  # type: ignore[method-assign,assignment]
+
+
+def _concurrent_batches() -> None:
+    """BentoML 1.4.39's batch queue runs one batch at a time. On the CPU the recognizer runs segments side by
+    side in lanes (service/recognition/lanes.py): when a batch's last segment runs in one lane, the other lane
+    idled while new segments waited in the queue for the whole batch to end (at 4 clients batches came as 1, 3,
+    1, 3, ...: half of them a lone segment). Here a queue made without a shared semaphore lets
+    `concurrent_batches` batches run at once; the lanes take their segments as they free."""
+    from bentoml._internal.marshal import dispatcher
+
+    init = dispatcher.CorkDispatcher.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if kwargs.get("shared_sema") is None and concurrent_batches > 1:
+            self._sema = dispatcher.NonBlockSema(concurrent_batches)
+
+    dispatcher.CorkDispatcher.__init__ = __init__  # type: ignore[method-assign]
 
 
 def _drop_abandoned_jobs() -> None:

@@ -210,7 +210,11 @@ class Recognizer:
         from service.catalog import segment_samples
         from service.manifest import Manifest
 
+        from service.recognition.lanes import Cores
+
         self.engines: list[Engine] = []
+        # every CPU session run of this process, of every model, scheduled on the cores (lanes.py)
+        cores = Cores(SETTINGS.lanes)
         for model in _store_entries(self):
             directory = Path(model.path)
             try:
@@ -224,6 +228,8 @@ class Recognizer:
                     SETTINGS.device_options,
                     segment_samples(manifest, SETTINGS.segment_s),
                     streaming=SETTINGS.realtime_sessions > 0,
+                    lanes=SETTINGS.lanes,
+                    cores=cores,
                 )
             except Exception as exc:
                 # One clear line before BentoML logs the traceback; the service never turns ready.
@@ -269,8 +275,18 @@ for _index, _model in enumerate(MODELS):
     for _kind in ("logprobs", "stream"):
         setattr(Recognizer, _method(_index, _kind), _array_api(_index, _kind))
 
+def cpu_lanes() -> int:
+    """Segments the recognizer may run at once on the CPU (its lanes; it runs one batch at a time on a GPU)."""
+    from service.recognition.device import nvidia_gpu_present
+
+    return SETTINGS.lanes if SETTINGS.device == "cpu" or not nvidia_gpu_present() else 1
+
+
+# as many batches in flight, and threads to run them, as lanes: a lane that frees takes the next segment at once
+patches.concurrent_batches = cpu_lanes()
 Recognizer = bentoml.service(  # type: ignore[misc]
     name="asr_recognizer",
+    threads=cpu_lanes(),
     logging={"access": {"enabled": False}},  # a line per batch call says nothing the entry's request lines miss
     # Only the recognizer asks for a GPU; BentoML then sets CUDA_VISIBLE_DEVICES for its worker.
     resources={"gpu": 1} if SETTINGS.device != "cpu" else {},
@@ -516,7 +532,7 @@ class Transcriber:
         import anyio
 
         from service.audio.decode import decode
-        from service.audio.segment import cut_by_speech, split
+        from service.audio.segment import Segment, cut_by_speech, hear, split
         from service.recognition.transcript import assemble
 
         if not self._recognizer_ready:
@@ -526,6 +542,7 @@ class Transcriber:
         manifest, rate = served.manifest, served.manifest.sample_rate
         started = time.monotonic()
         stop = threading.Event()
+        hearing = None  # the VAD's pass over audio of one segment, run while the model recognises it
         try:
             # abandon_on_cancel: a cancelled request (client gone, timeout) does not wait for its decoding or
             # its VAD, which stop at their next block
@@ -537,9 +554,15 @@ class Transcriber:
                 raise AudioTooShort(
                     f"audio lasts {decoded.duration_s * 1000:.1f} ms, less than one model step ({shift_ms:g} ms)"
                 )
+            total = decoded.samples.shape[0]
             speech_s = None
             if self.vad is None:
                 segments = split(decoded.samples, served.segment_samples, rate, SETTINGS.min_pause_s)
+            elif total <= served.segment_samples:
+                # One segment whatever the VAD hears (it adds speech_s and no_speech_prob): no need to wait for it
+                segments = [Segment(0, decoded.samples)]
+                hearing = asyncio.ensure_future(self.run_blocking(hear, decoded.samples, rate, self.vad, stop.is_set))
+                hearing.add_done_callback(lambda f: f.cancelled() or f.exception())  # read, even when not awaited
             else:
                 segments, speech = await self.run_blocking(
                     cut_by_speech,
@@ -551,21 +574,27 @@ class Transcriber:
                     stop.is_set,
                 )
                 speech_s = round(speech.speech_s(), 3)
+            method = served.logprobs_method if decoding.beam else served.method
+            try:
+                raw = await self._recognize(served, [s.samples for s in segments], method)
+            except (aiohttp.ClientConnectionError, ConnectionError) as exc:
+                # The recognizer process died (and is being restarted by BentoML's arbiter): retryable.
+                log.warning("recognizer call failed: %r", exc)
+                raise RecognizerUnavailable("the recognizer restarted while transcribing; retry shortly") from exc
+            except bentoml.exceptions.BentoMLException as exc:
+                # The batch queue refuses work it cannot finish within its latency bound (503 "overloaded");
+                # through the dependency call it arrives as an exception, not a status.
+                if getattr(exc, "error_code", None) == 503 or "overload" in str(exc).lower():
+                    raise Overloaded("the recognizer is overloaded; retry shortly") from exc
+                raise
+            if hearing is not None:
+                speech = await hearing
+                segments = [Segment(0, decoded.samples, speech.no_speech_prob(0, total))]
+                speech_s = round(speech.speech_s(), 3)
         except BaseException:
             stop.set()
-            raise
-        method = served.logprobs_method if decoding.beam else served.method
-        try:
-            raw = await self._recognize(served, [s.samples for s in segments], method)
-        except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-            # The recognizer process died (and is being restarted by BentoML's arbiter): retryable.
-            log.warning("recognizer call failed: %r", exc)
-            raise RecognizerUnavailable("the recognizer restarted while transcribing; retry shortly") from exc
-        except bentoml.exceptions.BentoMLException as exc:
-            # The batch queue refuses work it cannot finish within its latency bound (503 "overloaded");
-            # through the dependency call it arrives as an exception, not a status.
-            if getattr(exc, "error_code", None) == 503 or "overload" in str(exc).lower():
-                raise Overloaded("the recognizer is overloaded; retry shortly") from exc
+            if hearing is not None:
+                hearing.cancel()
             raise
         if decoding.beam:
             results: list[Any] = await self._beam_search(served, raw, decoding)
@@ -574,7 +603,6 @@ class Transcriber:
             failed = next((r.error for r in results if r.error), "")
             if failed:
                 raise RecognizerUnavailable(f"{failed}; retry shortly")
-        total = decoded.samples.shape[0]
         transcript = assemble(
             segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s, total, speech_s
         )

@@ -83,6 +83,37 @@ def test_batcher_never_corks_a_lone_request() -> None:
     assert sum(waits) / len(waits) < 0.015, waits
 
 
+@pytest.mark.parametrize("allowed", [1, 2])
+def test_a_batch_queue_runs_as_many_batches_at_once_as_allowed(allowed: int) -> None:
+    """patches._concurrent_batches: with concurrent_batches=2 (the recognizer's CPU lanes) a queue hands out a
+    second batch while one runs; with 1, BentoML's own one at a time. (Stock BentoML 1.4.39: always 1.)"""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    async def go() -> int:
+        running, most = 0, 0
+
+        async def callback(items: Any) -> list[int]:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.1)
+            running -= 1
+            return list(items)
+
+        dispatcher: Any = CorkDispatcher(
+            max_latency_in_ms=60_000, max_batch_size=2, fallback=lambda: None, get_batch_size=lambda _: 1
+        )
+        fn = dispatcher(callback)
+        assert await asyncio.gather(*[fn(i) for i in range(8)]) == list(range(8))
+        return most
+
+    saved, patches.concurrent_batches = patches.concurrent_batches, allowed
+    try:
+        assert asyncio.run(go()) == allowed
+    finally:
+        patches.concurrent_batches = saved
+
+
 def test_a_job_whose_caller_went_away_never_runs() -> None:
     """Callers cancelled while their jobs wait in the queue (patches._drop_abandoned_jobs): their jobs leave the
     queue and are never run; the job already running finishes; the others are answered. (Stock BentoML 1.4.39

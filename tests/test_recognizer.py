@@ -91,6 +91,36 @@ def test_batch_equals_alone(tiny_char: Exported) -> None:
     assert all(np.allclose(t.probability, a.probability, atol=1e-4) for t, a in zip(together, alone, strict=True))
 
 
+@pytest.mark.parametrize("config", ["tiny_bpe", "tiny_char"])
+def test_lanes_give_what_solo_runs_give(config: str, request: pytest.FixtureRequest) -> None:
+    """Segments in lanes (the one-thread session, side by side) and solo: the same tokens and frames, the same
+    probabilities within 1e-5 (thread counts may change float sums in the last bits), for greedy results and
+    beam search's log-probabilities; the batch's order kept."""
+    model: Exported = request.getfixturevalue(config)
+    solo = Recognizer(model.directory, model.manifest, device="cpu")
+    lanes = Recognizer(model.directory, model.manifest, device="cpu", lanes=2)
+    assert lanes.lane_session is not None and lanes.cores is not None
+    lanes.cores.demand = 5.0  # as under load: every run in a lane
+    clips = [speech.noise(s, i, 0.2) for i, s in enumerate((0.5, 9.0, 0.6, 8.5, 3.0, 4.0))]
+    clips[1] = speech.hindi(speech.SENTENCES[0])
+    got, want = lanes.infer(clips), [solo.run([c])[0] for c in clips]
+    assert lanes.cores.lane_runs >= 5
+    for g, w in zip(got, want, strict=True):
+        assert (g.token_ids, g.first_frame, g.last_frame, g.frames) == (w.token_ids, w.first_frame, w.last_frame, w.frames)
+        assert np.allclose(g.probability, w.probability, atol=1e-5)
+    got_lp, want_lp = lanes.logprobs(clips), [solo.forward([c])[0] for c in clips]
+    assert all(g.shape == w.shape and np.allclose(g, w, atol=1e-5) for g, w in zip(got_lp, want_lp, strict=True))
+
+
+def test_lanes_are_dropped_where_they_do_not_pay(tiny_bpe: Exported) -> None:
+    r = Recognizer(tiny_bpe.directory, tiny_bpe.manifest, device="cpu", lanes=2)
+    r.calibrate_lanes(seconds=1.0, rounds=1)
+    assert r.lane_gain > 0
+    assert (r.lane_session is not None) == (r.lane_gain >= 1.05)
+    clip = speech.noise(2.0, 0, 0.2)
+    assert r.infer([clip, clip])[0].token_ids == r.run([clip])[0].token_ids  # runs either way
+
+
 def test_length_buckets_bound_padding() -> None:
     lengths = [32_000, 480_000, 35_000, 470_000, 1, 160_000, 33_000]
     groups = length_buckets(lengths)

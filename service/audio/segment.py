@@ -166,14 +166,19 @@ def cut_by_speech(
     vad: VAD,
     stop: Callable[[], bool] = lambda: False,
 ) -> tuple[list[Segment], SpeechMap]:
-    """Run the VAD over the audio (at its own rate, 16 kHz) and cut by its verdict (split_speech)."""
+    """Run the VAD over the audio and cut by its verdict (split_speech)."""
+    speech = hear(samples, rate, vad, stop)
+    return split_speech(samples, speech, max_samples, pad_s), speech
+
+
+def hear(samples: npt.NDArray[np.float32], rate: int, vad: VAD, stop: Callable[[], bool] = lambda: False) -> SpeechMap:
+    """The VAD's verdict on the audio (heard at the VAD's own rate, 16 kHz)."""
     import soxr
 
     from service.audio.vad import RATE, WINDOW
 
     heard = samples if rate == RATE else np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
-    speech = SpeechMap(vad.probabilities(heard, stop), WINDOW * rate / RATE, rate)
-    return split_speech(samples, speech, max_samples, pad_s), speech
+    return SpeechMap(vad.probabilities(heard, stop), WINDOW * rate / RATE, rate)
 
 
 class VAD(Protocol):

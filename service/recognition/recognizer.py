@@ -6,8 +6,10 @@ Plain Python (no BentoML), so it is testable directly; service.py wraps it in a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +18,9 @@ from pydantic import BaseModel
 from service.errors import ModelMismatch
 from service.manifest import Manifest
 from service.recognition.ctc import GreedyResult, greedy_decode, greedy_path
+from service.recognition.lanes import Cores
 from service.recognition.device import (
+    CPU,
     CUDA,
     GPU_PROVIDERS,
     TENSORRT,
@@ -29,6 +33,7 @@ from service.recognition.device import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The greedy head (export/greedy_head.py): logprobs [B, T, V] -> frame_ids, frame_logprob [B, T], on the device
 GREEDY_HEAD = Path(__file__).with_name("greedy_head") / "greedy_head.onnx"
@@ -96,6 +101,8 @@ class Recognizer:
         shapes: bool | None = None,
         device_greedy: bool | None = None,
         streaming: bool = False,
+        lanes: int = 1,
+        cores: Cores | None = None,
     ):
         import onnxruntime as ort
 
@@ -116,10 +123,24 @@ class Recognizer:
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
+        # ORT's threads spin-wait for the next operator, and by default go on spinning after a run: a core kept
+        # busy for nothing while the entry process decodes the next request, or a lane runs (on 2 cores that
+        # cost lanes their whole gain). Spinning within a run stays.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         with_options = list(zip(requested, provider_options(requested, gpu, inputs, fixed), strict=True))
         self.session = ort.InferenceSession(str(model_dir / file), options, providers=with_options)
         self.providers: list[str] = list(self.session.get_providers())
         self.on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
+        # On the CPU, a second session of one thread that runs in lanes beside others (lanes.py); kept only if
+        # lanes prove faster here (calibrate_lanes, at warm-up). Every CPU run goes through `cores`.
+        self.lanes, self.lane_session, self.lane_gain = 1, None, 0.0
+        self.cores = None if self.on_gpu else cores
+        if lanes > 1 and not self.on_gpu:
+            lane_options = ort.SessionOptions()
+            lane_options.intra_op_num_threads = 1
+            self.lane_session = ort.InferenceSession(str(model_dir / file), lane_options, providers=[CPU])
+            self.lanes = lanes
+            self.cores = cores or Cores(lanes)
         self.not_ready_reason = ""
         if device == "cuda" and CUDA not in self.providers:
             self.not_ready_reason = (
@@ -165,13 +186,32 @@ class Recognizer:
         self.input_names, self.output_names = want_in, want_out[:2]
 
     def infer(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
-        """Greedy CTC results in the batch's order. On CPU each item runs alone; on a GPU similar lengths share a
-        session run (length_buckets)."""
+        """Greedy CTC results in the batch's order. On CPU each item runs alone (solo or in a lane); on a GPU
+        similar lengths share a session run (length_buckets)."""
+        if self.single_runs:
+            return self._each(batch, lambda item, session: self.run_or_fail([item], session)[0])
         results: list[SegmentResult | None] = [None] * len(batch)
         for group in self.groups(batch):
             for i, result in zip(group, self.run_or_fail([batch[i] for i in group]), strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
+
+    def _each(self, batch: Sequence[npt.NDArray[np.float32]], fn: Callable[[npt.NDArray[np.float32], object], T]) -> list[T]:
+        """`fn(item, session)` for every item of a CPU batch, in the batch's order, each run solo (the session on
+        every core) or in a lane, as `cores` schedules it (a batch's longest items first)."""
+        if self.cores is None:
+            return [fn(item, self.session) for item in batch]
+        lane = self.lane_session
+
+        def job(item: npt.NDArray[np.float32]) -> Callable[[bool], T]:
+            return lambda solo: fn(item, self.session if solo or lane is None else lane)
+
+        order = sorted(range(len(batch)), key=lambda i: -batch[i].shape[0])
+        done = self.cores.run([job(batch[i]) for i in order], exclusive=lane is None)
+        out: list[T] = [done[0]] * len(batch)
+        for i, value in zip(order, done, strict=True):
+            out[i] = value
+        return out
 
     def groups(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[list[int]]:
         """Which items share a session run: none on CPU; on a GPU those of one bucket (or, without buckets,
@@ -181,22 +221,23 @@ class Recognizer:
         lengths = [a.shape[0] for a in batch]
         return self.shapes.groups(lengths) if self.shapes is not None else length_buckets(lengths)
 
-    def run_or_fail(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
+    def run_or_fail(self, batch: Sequence[npt.NDArray[np.float32]], session: object = None) -> list[SegmentResult]:
         """run(), with a failure of ONNX Runtime itself turned into failed results (logged once each)."""
         try:
-            return self.run(batch)
+            return self.run(batch, session)
         except SessionRunError as exc:
             log.error("ONNX Runtime failed on %d segment(s) of model %s: %s", len(batch), self.manifest.name, exc)
             # the client gets the kind of failure, never ORT's message (it holds source paths and shapes)
             reason = f"the model could not run ({exc.kind}); the server log has the details"
             return [SegmentResult.failed(reason)] * len(batch)
 
-    def run(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[SegmentResult]:
-        """One session run over a zero-padded batch; each item decoded greedily over its own valid frames."""
+    def run(self, batch: Sequence[npt.NDArray[np.float32]], session: object = None) -> list[SegmentResult]:
+        """One session run over a zero-padded batch; each item decoded greedily over its own valid frames.
+        `session`: the lane session for a run in a lane; None: the main one."""
         if self.head is not None:
             paths = self._greedy_on_device(batch)
         else:
-            paths = [greedy_decode(lp, lp.shape[0], self.manifest.blank_id) for lp in self.forward(batch)]
+            paths = [greedy_decode(lp, lp.shape[0], self.manifest.blank_id) for lp in self.forward(batch, session)]
         return [
             SegmentResult(
                 token_ids=g.token_ids.tolist(),
@@ -226,13 +267,13 @@ class Recognizer:
             lengths = np.r_[lengths, np.full(rows - len(batch), lengths[0])]
         return padded, lengths
 
-    def forward(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
+    def forward(self, batch: Sequence[npt.NDArray[np.float32]], session: object = None) -> list[npt.NDArray[np.float32]]:
         """One session run over a zero-padded batch: each item's log-probabilities over its valid frames."""
         if not batch:
             return []
         padded, lengths = self._padded(batch)
         try:
-            logprobs, out_lengths = self.session.run(
+            logprobs, out_lengths = (session or self.session).run(  # type: ignore[attr-defined]
                 self.output_names, {self.input_names[0]: padded, self.input_names[1]: lengths}
             )
         except Exception as exc:  # ORT's own error types (Fail, RuntimeException, EPFail, ...) share no base
@@ -276,31 +317,79 @@ class Recognizer:
             return [np.zeros((0, 2), np.float32)] * len(buffers)
         groups = [[i] for i in range(len(buffers))] if self.single_runs else [list(range(len(buffers)))]
         out: list[npt.NDArray[np.float32]] = [np.zeros((0, 2), np.float32)] * len(buffers)
-        for group in groups:
+        session = self.stream_session
+
+        def run(group: list[int]) -> None:
             features = np.stack([buffers[i] for i in group]).astype(np.float32, copy=False)
             lengths = np.full(len(group), features.shape[2], np.int64)
             try:
-                logprobs, steps = self.stream_session.run(None, {"features": features, "feature_lengths": lengths})
+                logprobs, steps = session.run(None, {"features": features, "feature_lengths": lengths})
             except Exception as exc:  # as in forward()
                 log.error("ONNX Runtime failed on %d stream buffer(s) of %s: %s", len(group), self.manifest.name, exc)
-                continue
+                return
             for row, i in enumerate(group):
                 valid = logprobs[row, : int(steps[row])]
                 best = valid.argmax(axis=-1)
                 out[i] = np.stack([best.astype(np.float32), valid[np.arange(valid.shape[0]), best]], axis=1)
+
+        if self.cores is None:
+            for group in groups:
+                run(group)
+        else:  # the streaming session runs on every core: alone
+            self.cores.run([lambda solo, g=g: run(g) for g in groups], exclusive=True)  # type: ignore[misc]
         return out
 
     def logprobs(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
         """Log-probabilities for beam search, batched like infer(). A failed run gives empty arrays of one
         column (the entry answers 503 `unavailable` for them, like a failed greedy result)."""
-        out: list[npt.NDArray[np.float32]] = [np.zeros((0, 1), np.float32)] * len(batch)
+        failed = np.zeros((0, 1), np.float32)
+        if self.single_runs:
+            return self._each(batch, lambda item, session: self._logprobs_or_fail([item], session)[0])
+        out: list[npt.NDArray[np.float32]] = [failed] * len(batch)
         for group in self.groups(batch):
-            try:
-                for i, lp in zip(group, self.forward([batch[i] for i in group]), strict=True):
-                    out[i] = lp
-            except SessionRunError as exc:
-                log.error("ONNX Runtime failed on %d segment(s) of model %s: %s", len(group), self.manifest.name, exc)
+            for i, lp in zip(group, self._logprobs_or_fail([batch[i] for i in group]), strict=True):
+                out[i] = lp
         return out
+
+    def _logprobs_or_fail(
+        self, batch: Sequence[npt.NDArray[np.float32]], session: object = None
+    ) -> list[npt.NDArray[np.float32]]:
+        try:
+            return self.forward(batch, session)
+        except SessionRunError as exc:
+            log.error("ONNX Runtime failed on %d segment(s) of model %s: %s", len(batch), self.manifest.name, exc)
+            return [np.zeros((0, 1), np.float32)] * len(batch)
+
+    def calibrate_lanes(self, seconds: float = 4.0, rounds: int = 3) -> None:
+        """Time `lanes` clips of `seconds` solo, one after another, and side by side in lanes (median of
+        `rounds`); keep the lanes only if they finish them at least 5 % sooner, else drop their session (this
+        model's runs are then always solo)."""
+        if self.lane_session is None:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        rng = np.random.default_rng(1)
+        clip = (0.01 * rng.standard_normal(int(seconds * self.manifest.sample_rate))).astype(np.float32)
+        lane, n = self.lane_session, self.lanes
+        solo_s, lanes_s = [], []
+        with ThreadPoolExecutor(n) as threads:
+            list(threads.map(lambda _: self.forward([clip], lane), range(n)))  # the first runs allocate
+            for _ in range(rounds):
+                started = time.perf_counter()
+                for _ in range(n):
+                    self.forward([clip])
+                solo_s.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                list(threads.map(lambda _: self.forward([clip], lane), range(n)))
+                lanes_s.append(time.perf_counter() - started)
+        self.lane_gain = float(np.median(solo_s) / np.median(lanes_s))
+        keep = self.lane_gain >= 1.05
+        log.info(
+            "model %s: %d segments in %d lanes finish in %.2fx less time than solo one after another: %s",
+            self.manifest.name, n, n, self.lane_gain, "lanes on" if keep else "lanes off, runs solo",
+        )  # fmt: skip
+        if not keep:
+            self.lanes, self.lane_session = 1, None
 
     def warmup(self) -> None:
         """The first runs allocate and tune; do them before readiness turns green. On fixed shapes every shape
@@ -314,6 +403,7 @@ class Recognizer:
         if self.shapes is None:
             for seconds in (1.0, 4.0):
                 self.infer([(0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)] * 2)
+            self.calibrate_lanes()
             return
         for rows, width in self.shapes.all():
             clip = (0.01 * rng.standard_normal(width)).astype(np.float32)

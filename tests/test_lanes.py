@@ -1,0 +1,114 @@
+"""The CPU scheduler of session runs (service/recognition/lanes.py), with stand-in runs that record what ran at
+once; and the recognizer's lanes on a real graph (results as solo runs give)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from service.recognition.lanes import Cores
+
+
+class Recorder:
+    """Stand-in runs: each sleeps, and records whether it ran solo and what was running when it started or
+    started while it ran."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: list[tuple[str, bool]] = []
+        self.peak = 0  # most runs at once
+        self.beside: dict[str, set[tuple[str, bool]]] = {}
+        self.solo: dict[str, bool] = {}
+
+    def job(self, name: str, seconds: float = 0.05) -> Any:
+        def run(solo: bool) -> str:
+            with self.lock:
+                self.beside[name], self.solo[name] = set(self.running), solo
+                for other, _ in self.running:
+                    self.beside[other].add((name, solo))
+                self.running.append((name, solo))
+                self.peak = max(self.peak, len(self.running))
+            time.sleep(seconds)
+            with self.lock:
+                self.running.remove((name, solo))
+            return name
+
+        return run
+
+
+def test_a_lone_run_under_light_load_runs_solo() -> None:
+    cores, rec = Cores(2), Recorder()
+    for i in range(5):  # one client: one run at a time
+        assert cores.run([rec.job(f"r{i}")]) == [f"r{i}"]
+    assert list(rec.solo.values()) == [True] * 5
+    assert cores.solo_runs == 5 and cores.lane_runs == 0
+
+
+def test_runs_asked_for_together_share_the_lanes_and_keep_their_order() -> None:
+    cores, rec = Cores(2), Recorder()
+    names = [f"r{i}" for i in range(6)]
+    assert cores.run([rec.job(n) for n in names]) == names
+    assert sum(not solo for solo in rec.solo.values()) >= 5  # all but perhaps the last in lanes
+    assert rec.peak == 2
+    assert all(not rec.beside[name] for name, solo in rec.solo.items() if solo)  # nothing beside a solo run
+
+
+def test_under_load_a_lone_run_takes_a_lane_and_the_next_joins_it() -> None:
+    """After a burst (runs in flight averaged above 1.5), a lone run takes a lane, and one asked for while it
+    runs starts beside it at once instead of waiting."""
+    cores, rec = Cores(2), Recorder()
+    cores.run([rec.job(f"burst{i}", 0.01) for i in range(8)])
+    assert cores.demand > 1.5
+    first = threading.Thread(target=cores.run, args=([rec.job("a", 0.2)],))
+    first.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    cores.run([rec.job("b", 0.05)])
+    assert time.monotonic() - started < 0.15  # did not wait for a's 0.2 s
+    first.join()
+    assert rec.solo["a"] is False and rec.solo["b"] is False and ("a", False) in rec.beside["b"]
+
+
+def test_a_run_asked_for_during_a_solo_run_waits_for_it() -> None:
+    cores, rec = Cores(2), Recorder()
+    first = threading.Thread(target=cores.run, args=([rec.job("a", 0.2)],))
+    first.start()
+    time.sleep(0.05)
+    cores.run([rec.job("b", 0.01)])
+    first.join()
+    assert rec.solo["a"] is True and not rec.beside["a"]  # ran alone, with every core
+
+
+def test_exclusive_runs_wait_for_the_lanes_and_hold_every_core() -> None:
+    cores, rec = Cores(2), Recorder()
+    lanes = threading.Thread(target=cores.run, args=([rec.job("l1", 0.1), rec.job("l2", 0.1)],))
+    lanes.start()
+    time.sleep(0.02)
+    cores.run([rec.job("x", 0.02)], exclusive=True)
+    lanes.join()
+    assert rec.solo["x"] is True and not rec.beside["x"]
+
+
+def test_one_lane_runs_everything_solo_one_at_a_time() -> None:
+    cores, rec = Cores(1), Recorder()
+    threads = [threading.Thread(target=cores.run, args=([rec.job(f"r{i}", 0.01)],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(rec.solo.values()) and rec.peak == 1
+
+
+def test_a_failing_run_raises_in_its_caller_after_the_others_ran() -> None:
+    cores, rec = Cores(2), Recorder()
+
+    def boom(solo: bool) -> str:
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        cores.run([rec.job("a"), boom, rec.job("b")])
+    assert set(rec.solo) == {"a", "b"}
+    assert cores.run([rec.job("c")]) == ["c"]  # the lanes still work
