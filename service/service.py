@@ -10,18 +10,22 @@ errors.py, settings.py, manifest.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
+import json
 import logging
 import os
 import pickle
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import aiohttp
 import bentoml
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from service import patches
@@ -29,12 +33,14 @@ from service.api import metrics, openapi
 from service.api.formats import ResponseFormat, media_type, render
 from service.api.http import (
     BENTOML_INTERNAL,
+    FORM_HANDLERS,
     READINESS,
     REQUEST_LOG,
     AbandonedCallLog,
     CancelOnDisconnect,
     FormRoute,
     RequestGuard,
+    error_body,
 )
 from service.api.openai_api import OPENAI_FIELDS, openai_app
 from service.api.schemas import SegmentSpan, Transcription, Word
@@ -81,6 +87,19 @@ def entry_workers() -> int:
 
 
 GREEDY = Decoding()
+
+
+class TranscribeForm(BaseModel):
+    """/transcribe's fields besides the file (the API's signature below declares the same, for BentoML)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    timestamps: bool = False
+    response_format: ResponseFormat = "json"
+    model: str = ""
+    language: str = ""
+    decoding: Literal["default", "greedy", "beam"] = "default"
+    hotwords: str = ""
 
 
 def choose_decoding(name: str, hotwords: str) -> Decoding:
@@ -209,7 +228,6 @@ class Recognizer:
     def __init__(self) -> None:
         from service.catalog import segment_samples
         from service.manifest import Manifest
-
         from service.recognition.lanes import Cores
 
         self.engines: list[Engine] = []
@@ -274,6 +292,7 @@ for _index, _model in enumerate(MODELS):
     setattr(Recognizer, _method(_index), _infer_api(_index))
     for _kind in ("logprobs", "stream"):
         setattr(Recognizer, _method(_index, _kind), _array_api(_index, _kind))
+
 
 def cpu_lanes() -> int:
     """Segments the recognizer may run at once on the CPU (its lanes; it runs one batch at a time on a GPU)."""
@@ -375,6 +394,11 @@ class Transcriber:
         self.beams = BeamPool(specs, SETTINGS.beam_workers)
         if SETTINGS.decoding == "beam":
             self.beams.start()
+        # The guard hands these routes the form it parsed (service/api/http.py)
+        from service.api.openai_api import answer_form as answer_openai
+
+        FORM_HANDLERS["/transcribe"] = self.answer_form
+        FORM_HANDLERS["/v1/audio/transcriptions"] = functools.partial(answer_openai, self)
         # One line per request (service/api/http.py), under BentoML's logging set-up (done before this runs)
         REQUEST_LOG.disabled = False
         REQUEST_LOG.setLevel(logging.INFO)
@@ -471,28 +495,75 @@ class Transcriber:
         favour (a negative weight disfavours); they imply beam search."""
         import anyio
 
+        state = ctx.request.state if ctx is not None else SimpleNamespace()
+        data = await anyio.Path(audio).read_bytes()
+        options = TranscribeForm(
+            timestamps=timestamps,
+            response_format=response_format,
+            model=model,
+            language=language,
+            decoding=decoding,
+            hotwords=hotwords,
+        )
+        answer = await self.answer(data, options, state, _media(ctx), _agent(ctx))
+        if ctx is not None and isinstance(answer, Response):
+            ctx.response.status_code = answer.status_code  # with a ctx parameter, BentoML sets the status from it
+        return answer  # type: ignore[return-value]
+
+    async def answer_form(self, scope: Any, form: Any) -> Response:
+        """POST /transcribe from the form RequestGuard parsed (service/api/http.py): parsed once, the upload never
+        written to a file. The same fields, checks and answers as the BentoML API above."""
+        from pydantic import ValidationError
+        from starlette.datastructures import Headers, State
+
+        fields: dict[str, Any] = {}
+        for key in form:  # as BentoML reads a form: a field's last value, JSON-decoded when it is JSON
+            if key != "audio":
+                value = form[key]
+                value = (await value.read()).decode("utf-8", "replace") if not isinstance(value, str) else value
+                try:
+                    fields[key] = json.loads(value)
+                except ValueError:
+                    fields[key] = value
         try:
-            served = self.catalog.select(model, language)
-            chosen = choose_decoding(decoding, hotwords)
-            if ctx is not None:
-                ctx.request.state.asr_model = served.name  # for the request metrics (service/api/http.py)
-            transcript = await self.run(await anyio.Path(audio).read_bytes(), served, chosen)
-            if ctx is not None:
-                ctx.request.state.asr_audio_s = transcript.duration_s  # for the request's log line
+            options = TranscribeForm.model_validate(fields)
+        except ValidationError as exc:
+            errors = exc.errors()
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+            param = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
+            return JSONResponse(error_body("asr", 400, "bad_request", problems, param), 400)
+        data = await form["audio"].read()
+        headers = Headers(scope=scope)
+        state = State(scope.setdefault("state", {}))
+        answer = await self.answer(data, options, state, headers.get("content-type", ""), headers.get("user-agent", ""))
+        assert isinstance(answer, Response)  # a pickled request never comes this way
+        return answer
+
+    async def answer(
+        self, data: bytes, options: TranscribeForm, state: Any, media: str, agent: str
+    ) -> Response | Transcription:
+        """An upload's bytes and the request's options -> the answer (a Transcription itself for a parent service
+        that sent pickled arguments). `state`: the request's, where the model and the audio's length are left
+        for the request's metrics and log line."""
+        try:
+            served = self.catalog.select(options.model, options.language)
+            chosen = choose_decoding(options.decoding, options.hotwords)
+            state.asr_model = served.name  # for the request metrics (service/api/http.py)
+            transcript = await self.run(data, served, chosen)
+            state.asr_audio_s = transcript.duration_s  # for the request's log line
         except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
-            ctx.response.status_code = int(exc.status)  # with a ctx parameter, BentoML sets the status from it
-            return JSONResponse(exc.body(), status_code=int(exc.status))  # type: ignore[return-value]
-        if response_format != "json":
-            text = render(transcript, response_format)
+            return JSONResponse(exc.body(), status_code=int(exc.status))
+        if options.response_format != "json":
+            text = render(transcript, options.response_format)
             # BentoML's clients and proxies decode every answer as the API's declared type (JSON, or a pickle for
             # a parent service that depends on this one by import), never as plain text (a text body raised
             # JSONDecodeError); BentoML itself would send a str raw. They get the str in their own encoding.
-            if _media(ctx).startswith(BENTOML_INTERNAL):
-                return Response(pickle.dumps(text), media_type=BENTOML_INTERNAL)  # type: ignore[return-value]
-            if _agent(ctx).startswith("BentoML HTTP Client/"):
-                return JSONResponse(text)  # type: ignore[return-value]
-            return PlainTextResponse(text, media_type=media_type(response_format))  # type: ignore[return-value]
-        words = [Word(**vars(w)) for w in transcript.words] if timestamps else None
+            if media.startswith(BENTOML_INTERNAL):
+                return Response(pickle.dumps(text), media_type=BENTOML_INTERNAL)
+            if agent.startswith("BentoML HTTP Client/"):
+                return JSONResponse(text)
+            return PlainTextResponse(text, media_type=media_type(options.response_format))
+        words = [Word(**vars(w)) for w in transcript.words] if options.timestamps else None
         result = Transcription(
             text=transcript.text,
             duration_s=round(transcript.duration_s, 3),
@@ -505,10 +576,10 @@ class Transcriber:
             words=words,
             speech_s=transcript.speech_s,
         )
-        if _media(ctx).startswith(BENTOML_INTERNAL):
+        if media.startswith(BENTOML_INTERNAL):
             return result  # BentoML pickles it for the parent service
         # BentoML's JSON for a union-typed answer escapes every non-ASCII character (json.dumps): UTF-8 here
-        return JSONResponse(result.model_dump(mode="json"))  # type: ignore[return-value]
+        return JSONResponse(result.model_dump(mode="json"))
 
     @bentoml.api
     async def status(self) -> dict[str, Any]:

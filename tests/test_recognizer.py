@@ -106,7 +106,12 @@ def test_lanes_give_what_solo_runs_give(config: str, request: pytest.FixtureRequ
     got, want = lanes.infer(clips), [solo.run([c])[0] for c in clips]
     assert lanes.cores.lane_runs >= 5
     for g, w in zip(got, want, strict=True):
-        assert (g.token_ids, g.first_frame, g.last_frame, g.frames) == (w.token_ids, w.first_frame, w.last_frame, w.frames)
+        assert (g.token_ids, g.first_frame, g.last_frame, g.frames) == (
+            w.token_ids,
+            w.first_frame,
+            w.last_frame,
+            w.frames,
+        )
         assert np.allclose(g.probability, w.probability, atol=1e-5)
     got_lp, want_lp = lanes.logprobs(clips), [solo.forward([c])[0] for c in clips]
     assert all(g.shape == w.shape and np.allclose(g, w, atol=1e-5) for g, w in zip(got_lp, want_lp, strict=True))

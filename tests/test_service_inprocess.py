@@ -92,3 +92,33 @@ def test_segments_in_flight_follow_where_the_recognizer_landed(client: TestClien
     finally:
         engine.infer, engine.on_gpu, service.catalog, service._recognizer_ready = infer, on_gpu, catalog, False
     assert peak[0] == (16 if gpu else 4)
+
+
+@pytest.mark.parametrize(("route", "field"), [("/transcribe", "audio"), ("/v1/audio/transcriptions", "file")])
+def test_each_upload_is_parsed_once_and_never_written_to_a_file(
+    client: TestClient, route: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request guard parses the multipart form (to refuse bad ones with 400) and hands that form to the
+    route: no second parse by BentoML or Starlette, and no temporary file of the upload (BentoML writes one for a
+    `Path` argument)."""
+    from bentoml._internal.context import request_tempdir_pool
+    from starlette.formparsers import MultiPartParser
+
+    parses, temp_dirs = [], []
+    parse, acquire = MultiPartParser.parse, request_tempdir_pool.acquire
+
+    async def counted_parse(self: Any) -> Any:
+        parses.append(1)
+        return await parse(self)
+
+    def counted_acquire() -> str:
+        temp_dirs.append(1)
+        return acquire()
+
+    monkeypatch.setattr(MultiPartParser, "parse", counted_parse)
+    monkeypatch.setattr(request_tempdir_pool, "acquire", counted_acquire)
+    wav = encode(speech.hindi(speech.SENTENCES[1]), 16000)
+    long_name = "ध्वनि" * 40 + ".wav"  # over 200 bytes: BentoML's temp file named after it would fail
+    r = client.post(route, files={field: (long_name, wav, "audio/wav")}, data={"response_format": "json"})
+    assert r.status_code == 200 and r.json()["text"]
+    assert (len(parses), len(temp_dirs)) == (1, 0)

@@ -229,17 +229,26 @@ class RequestGuard:
             # itself refuses that media type when this is the main (public) server
             await run_watching(self.app, scope, receive, send, payload)
             return
-        problem, param, rebuilt = await check_form(scope, payload, headers.get("content-type", ""), route)
-        if problem:
+        problem, param, form = await check_form(scope, payload, headers.get("content-type", ""), route)
+        if problem or form is None:
             await send_json(send, 400, error_body(route.style, 400, "bad_request", problem, param))
             return
-        if rebuilt is not None:  # the same form with a safe file name (see check_form)
-            payload, content_type = rebuilt
-            scope = dict(scope)
-            scope["headers"] = [
-                (k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
-            ] + [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode())]
-        await run_watching(self.app, scope, receive, send, payload)
+        try:
+            handler = FORM_HANDLERS.get(scope["path"])
+            if handler is not None:  # the form as parsed here goes to the handler: no second parse, no temp file
+                del payload
+                await run_watching(_answering(handler, form), scope, receive, send, b"")
+                return
+            upload = form.getlist(route.file_field)[0]
+            if not _safe_filename(upload.filename or ""):  # the same form with a safe file name (see check_form)
+                payload, content_type = await _encode_form(form, route.file_field, upload)
+                scope = dict(scope)
+                scope["headers"] = [
+                    (k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"content-type", b"content-length")
+                ] + [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode())]
+            await run_watching(self.app, scope, receive, send, payload)
+        finally:
+            await form.close()
 
     async def _too_large(self, send: Send, style: str) -> None:
         limit_mb = self.max_body / (1024 * 1024)
@@ -391,13 +400,26 @@ def _safe_filename(name: str) -> bool:
     return len(name.encode("utf-8", "replace")) <= MAX_FILENAME_BYTES and all(c.isprintable() for c in name)
 
 
-async def check_form(
-    scope: Scope, body: bytes, content_type: str, route: FormRoute
-) -> tuple[str, str | None, tuple[bytes, str] | None]:
-    """('', None, None) when the form is acceptable as it is; (problem, field at fault or None, None) for a 400;
-    ('', None, (body, content type))
-    when it is acceptable once re-encoded with a safe file name (over-long names or control characters would
-    make BentoML's temp file fail with a 500)."""
+# POST routes answered straight from the form the guard parsed (the entry service registers them when it starts),
+# instead of by the app behind it, which would parse the body again (and BentoML write the upload to a file):
+# path -> handler(scope, form) -> response.
+FormHandler = Callable[[Scope, Any], Awaitable[Any]]
+FORM_HANDLERS: dict[str, FormHandler] = {}
+
+
+def _answering(handler: FormHandler, form: Any) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await handler(scope, form)
+        await response(scope, receive, send)
+
+    return app
+
+
+async def check_form(scope: Scope, body: bytes, content_type: str, route: FormRoute) -> tuple[str, str | None, Any]:
+    """('', None, form) when the form is acceptable (the caller closes it); (problem, field at fault or None,
+    None) for a 400. A file name that is over-long or has control characters is acceptable: the handler reads
+    the parsed form, and a body sent on to BentoML gets a safe name (_encode_form; BentoML's temp file named
+    after it would fail with a 500)."""
     from starlette.datastructures import UploadFile
     from starlette.requests import Request
 
@@ -410,22 +432,20 @@ async def check_form(
         form = await request.form(max_files=4, max_fields=32)
     except Exception:
         return "the multipart body could not be parsed (are a part's headers or file name too long?)", None, None
-    try:
-        unknown = sorted(set(form.keys()) - route.fields)
-        if unknown and not route.allow_unknown:
-            return f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}", unknown[0], None
-        values = form.getlist(route.file_field)
-        if len(values) != 1:
-            return f"exactly one file is expected in the field '{route.file_field}'", route.file_field, None
-        upload = values[0]
-        if not isinstance(upload, UploadFile):
-            problem = f"the field '{route.file_field}' must be an uploaded file (URLs are not fetched)"
-            return problem, route.file_field, None
-        if _safe_filename(upload.filename or ""):
-            return "", None, None
-        return "", None, await _encode_form(form, route.file_field, upload)
-    finally:
+    problem, param = "", None
+    unknown = sorted(set(form.keys()) - route.fields)
+    values = form.getlist(route.file_field)
+    if unknown and not route.allow_unknown:
+        problem, param = f"unknown field(s) {', '.join(unknown)}; accepted fields: {fields}", unknown[0]
+    elif len(values) != 1:
+        problem, param = f"exactly one file is expected in the field '{route.file_field}'", route.file_field
+    elif not isinstance(values[0], UploadFile):
+        problem = f"the field '{route.file_field}' must be an uploaded file (URLs are not fetched)"
+        param = route.file_field
+    if problem:
         await form.close()
+        return problem, param, None
+    return "", None, form
 
 
 async def _encode_form(form: Any, file_field: str, upload: Any) -> tuple[bytes, str]:

@@ -60,20 +60,27 @@ def _service() -> Any:
 
 
 async def transcriptions(request: Request) -> Response:
-    service = _service()
+    form = await request.form()
     try:
-        form = await request.form()
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise BadRequest("the field 'file' must be an uploaded audio file", "file")
-            options = _options(form, service)
-            data = await upload.read()
-        finally:
-            await form.close()
-        request.state.asr_model = options["model"].name  # for the request metrics (service/api/http.py)
+        return await answer_form(_service(), request.scope, form)
+    finally:
+        await form.close()
+
+
+async def answer_form(service: Any, scope: Any, form: Any) -> Response:
+    """POST /v1/audio/transcriptions from its parsed form (RequestGuard hands it over: service/api/http.py)."""
+    from starlette.datastructures import State
+
+    state = State(scope.setdefault("state", {}))
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("the field 'file' must be an uploaded audio file", "file")
+        options = _options(form, service)
+        data = await upload.read()
+        state.asr_model = options["model"].name  # for the request metrics (service/api/http.py)
         transcript = await service.run(data, options["model"], options["decoding"])
-        request.state.asr_audio_s = transcript.duration_s  # for the request's log line
+        state.asr_audio_s = transcript.duration_s  # for the request's log line
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
         return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message, exc.param), int(exc.status))
     fmt = options["response_format"]

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from service.errors import ModelMismatch
 from service.manifest import Manifest
 from service.recognition.ctc import GreedyResult, greedy_decode, greedy_path
-from service.recognition.lanes import Cores
 from service.recognition.device import (
     CPU,
     CUDA,
@@ -31,6 +30,7 @@ from service.recognition.device import (
     preload_tensorrt,
     provider_options,
 )
+from service.recognition.lanes import Cores
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -196,7 +196,9 @@ class Recognizer:
                 results[i] = result
         return [r for r in results if r is not None]
 
-    def _each(self, batch: Sequence[npt.NDArray[np.float32]], fn: Callable[[npt.NDArray[np.float32], object], T]) -> list[T]:
+    def _each(
+        self, batch: Sequence[npt.NDArray[np.float32]], fn: Callable[[npt.NDArray[np.float32], Any], T]
+    ) -> list[T]:
         """`fn(item, session)` for every item of a CPU batch, in the batch's order, each run solo (the session on
         every core) or in a lane, as `cores` schedules it (a batch's longest items first)."""
         if self.cores is None:
@@ -221,7 +223,7 @@ class Recognizer:
         lengths = [a.shape[0] for a in batch]
         return self.shapes.groups(lengths) if self.shapes is not None else length_buckets(lengths)
 
-    def run_or_fail(self, batch: Sequence[npt.NDArray[np.float32]], session: object = None) -> list[SegmentResult]:
+    def run_or_fail(self, batch: Sequence[npt.NDArray[np.float32]], session: Any = None) -> list[SegmentResult]:
         """run(), with a failure of ONNX Runtime itself turned into failed results (logged once each)."""
         try:
             return self.run(batch, session)
@@ -231,7 +233,7 @@ class Recognizer:
             reason = f"the model could not run ({exc.kind}); the server log has the details"
             return [SegmentResult.failed(reason)] * len(batch)
 
-    def run(self, batch: Sequence[npt.NDArray[np.float32]], session: object = None) -> list[SegmentResult]:
+    def run(self, batch: Sequence[npt.NDArray[np.float32]], session: Any = None) -> list[SegmentResult]:
         """One session run over a zero-padded batch; each item decoded greedily over its own valid frames.
         `session`: the lane session for a run in a lane; None: the main one."""
         if self.head is not None:
@@ -267,13 +269,15 @@ class Recognizer:
             lengths = np.r_[lengths, np.full(rows - len(batch), lengths[0])]
         return padded, lengths
 
-    def forward(self, batch: Sequence[npt.NDArray[np.float32]], session: object = None) -> list[npt.NDArray[np.float32]]:
+    def forward(
+        self, batch: Sequence[npt.NDArray[np.float32]], session: Any = None
+    ) -> list[npt.NDArray[np.float32]]:
         """One session run over a zero-padded batch: each item's log-probabilities over its valid frames."""
         if not batch:
             return []
         padded, lengths = self._padded(batch)
         try:
-            logprobs, out_lengths = (session or self.session).run(  # type: ignore[attr-defined]
+            logprobs, out_lengths = (session or self.session).run(
                 self.output_names, {self.input_names[0]: padded, self.input_names[1]: lengths}
             )
         except Exception as exc:  # ORT's own error types (Fail, RuntimeException, EPFail, ...) share no base
@@ -352,7 +356,7 @@ class Recognizer:
         return out
 
     def _logprobs_or_fail(
-        self, batch: Sequence[npt.NDArray[np.float32]], session: object = None
+        self, batch: Sequence[npt.NDArray[np.float32]], session: Any = None
     ) -> list[npt.NDArray[np.float32]]:
         try:
             return self.forward(batch, session)
