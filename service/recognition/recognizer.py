@@ -269,9 +269,7 @@ class Recognizer:
             lengths = np.r_[lengths, np.full(rows - len(batch), lengths[0])]
         return padded, lengths
 
-    def forward(
-        self, batch: Sequence[npt.NDArray[np.float32]], session: Any = None
-    ) -> list[npt.NDArray[np.float32]]:
+    def forward(self, batch: Sequence[npt.NDArray[np.float32]], session: Any = None) -> list[npt.NDArray[np.float32]]:
         """One session run over a zero-padded batch: each item's log-probabilities over its valid frames."""
         if not batch:
             return []
