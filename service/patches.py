@@ -25,6 +25,7 @@ REPLACED = {
     "bentoml._internal.marshal.dispatcher.CorkDispatcher.train_optimizer": "311114504896b3fb",
     "bentoml._internal.marshal.dispatcher.CorkDispatcher.inbound_call": "2c6278ea11900d05",
     "bentoml._internal.marshal.dispatcher.CorkDispatcher.__init__": "5a214027709d1a3d",
+    "_bentoml_sdk.io_models.IOMixin.mime_type": "babaa4832e83deb7",
     "bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
     "bentoml._internal.utils.filesystem.TempfilePool.release": "7ac0cb70fe0a86e8",
     "bentoml._internal.context.ServiceContext.in_request": "17f83b1eb008c3c4",
@@ -98,6 +99,7 @@ def apply() -> None:
     _limit_malloc_arenas()
     _never_cork()
     _concurrent_batches()
+    _cache_mime_types()
     _drop_abandoned_jobs()
     _release_timeout_timers()
     _remove_request_dirs()
@@ -157,6 +159,23 @@ def _concurrent_batches() -> None:
             self._sema = dispatcher.NonBlockSema(concurrent_batches)
 
     dispatcher.CorkDispatcher.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _cache_mime_types() -> None:
+    """BentoML 1.4.39 works out the media type of every answer of an API returning a list or a plain value from
+    its type's JSON schema, built anew each time (a pydantic TypeAdapter and its schema): ~0.6 ms of the
+    recognizer's CPU per batch call, for a result that never changes. Here it is worked out once per type."""
+    from _bentoml_sdk.io_models import IOMixin
+
+    found: dict[type, str] = {}
+    mime_type = IOMixin.mime_type.__func__  # type: ignore[attr-defined]
+
+    def cached(cls: type) -> str:
+        if cls not in found:
+            found[cls] = mime_type(cls)
+        return found[cls]
+
+    IOMixin.mime_type = classmethod(cached)  # type: ignore[method-assign,assignment]
 
 
 def _drop_abandoned_jobs() -> None:

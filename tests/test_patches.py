@@ -264,3 +264,31 @@ def test_unknown_paths_fold_into_one_metrics_label() -> None:
         setattr(middleware, name, Series())
     asyncio.run(middleware({"type": "http", "path": "/wp-login.php"}, None, None))
     assert seen == ["/wp-login.php"] and "/wp-login.php" not in labels and "other" in labels
+
+
+def test_an_api_answer_media_type_is_worked_out_once_per_type() -> None:
+    """patches._cache_mime_types: the media type of a list-typed answer (the recognizer's batch results) comes
+    from a JSON schema built once, not at every call (stock BentoML 1.4.39 builds it each time); the types
+    still get BentoML's media types."""
+    from _bentoml_sdk.io_models import IOMixin, IORootModel
+    from pydantic import TypeAdapter
+
+    class Results(IORootModel):  # type: ignore[misc]
+        root: list[int]
+
+    class Text(IORootModel):  # type: ignore[misc]
+        root: str
+
+    built = []
+    schema = TypeAdapter.json_schema
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return schema(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(TypeAdapter, "json_schema", counted)
+        assert [Results.mime_type() for _ in range(5)] == ["application/json"] * 5
+        assert Text.mime_type() == "text/plain"
+    assert len(built) == 2
+    assert issubclass(Results, IOMixin)
