@@ -2,8 +2,10 @@
 
 - Uploads over the size limit get 413 while the body arrives (Content-Length first, then counted bytes),
   before BentoML buffers anything (BentoML 1.4 has no body limit).
-- The multipart form is checked before BentoML sees it: a missing or misnamed field is a 400 (BentoML
-  answers 500, notes §3.1), and a file field holding a string is refused (BentoML would download it as URL).
+- The multipart form is parsed here, once: a missing or misnamed field is a 400 (BentoML answers 500, notes
+  §3.1), and a file field holding a string is refused (BentoML would download it as URL). The transcription
+  routes are answered from this parsed form (FORM_HANDLERS): nothing parses it again, and the upload is never
+  written to a temporary file (BentoML writes one for a `Path` argument).
 - The concurrency limit (429 at once) and the request timeout (504) of the API routes are enforced here:
   BentoML adds user middlewares inside its own traffic middlewares, whose bodies we could not reshape.
   BentoML's own limits stay configured, looser, as a backstop.
