@@ -56,13 +56,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import bentoml
-    import onnxruntime as ort
+
+    from benchmarks.suite import ort_session
 
     entry = bentoml.models.get(args.model)
     manifest = Manifest.read(Path(entry.path))
     audio = speech_like(args.seconds, manifest.sample_rate, 7)
     wav = encode(audio, manifest.sample_rate)
-    session = ort.InferenceSession(entry.path_of(manifest.graph.file), providers=["CPUExecutionProvider"])
+    session = ort_session(Path(entry.path_of(manifest.graph.file)), "cpu")  # (its threads stop spinning after runs)
     log = Path("/tmp") / "latency-server.log"
     with Server({"ASR_MODEL": str(entry.tag), "ASR_DEVICE": "cpu"}, log) as server:
         raw, served = interleaved(session, audio, wav, server.url, args.runs)

@@ -56,22 +56,6 @@ def test_runs_asked_for_together_share_the_lanes_and_keep_their_order() -> None:
     assert all(not rec.beside[name] for name, solo in rec.solo.items() if solo)  # nothing beside a solo run
 
 
-def test_under_load_a_lone_run_takes_a_lane_and_the_next_joins_it() -> None:
-    """After a burst (runs in flight averaged above 1.5), a lone run takes a lane, and one asked for while it
-    runs starts beside it at once instead of waiting."""
-    cores, rec = Cores(2), Recorder()
-    cores.run([rec.job(f"burst{i}", 0.1) for i in range(8)])
-    assert cores.demand > 1.5
-    first = threading.Thread(target=cores.run, args=([rec.job("a", 0.2)],))
-    first.start()
-    time.sleep(0.05)
-    started = time.monotonic()
-    cores.run([rec.job("b", 0.05)])
-    assert time.monotonic() - started < 0.15  # did not wait for a's 0.2 s
-    first.join()
-    assert rec.solo["a"] is False and rec.solo["b"] is False and ("a", False) in rec.beside["b"]
-
-
 def test_a_run_asked_for_during_a_solo_run_waits_for_it() -> None:
     cores, rec = Cores(2), Recorder()
     first = threading.Thread(target=cores.run, args=([rec.job("a", 0.2)],))
@@ -112,13 +96,3 @@ def test_a_failing_run_raises_in_its_caller_after_the_others_ran() -> None:
         cores.run([rec.job("a"), boom, rec.job("b")])
     assert set(rec.solo) == {"a", "b"}
     assert cores.run([rec.job("c")]) == ["c"]  # the lanes still work
-
-
-def test_light_load_is_seen_soon_after_a_burst() -> None:
-    """The load is averaged over time: half a second after a burst of 64, a lone run is solo again."""
-    cores, rec = Cores(2), Recorder()
-    cores.run([rec.job(f"burst{i}", 0.005) for i in range(64)])
-    time.sleep(0.6)
-    assert cores.demand < 1.5
-    cores.run([rec.job("lone", 0.01)])
-    assert rec.solo["lone"] is True

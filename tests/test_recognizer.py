@@ -100,11 +100,10 @@ def test_lanes_give_what_solo_runs_give(config: str, request: pytest.FixtureRequ
     solo = Recognizer(model.directory, model.manifest, device="cpu")
     lanes = Recognizer(model.directory, model.manifest, device="cpu", lanes=2)
     assert lanes.lane_session is not None and lanes.cores is not None
-    lanes.cores.demand = 5.0  # as under load: every run in a lane
     clips = [speech.noise(s, i, 0.2) for i, s in enumerate((0.5, 9.0, 0.6, 8.5, 3.0, 4.0))]
     clips[1] = speech.hindi(speech.SENTENCES[0])
     got, want = lanes.infer(clips), [solo.run([c])[0] for c in clips]
-    assert lanes.cores.lane_runs >= 5
+    assert lanes.cores.lane_runs >= 4  # all but perhaps the last
     for g, w in zip(got, want, strict=True):
         assert (g.token_ids, g.first_frame, g.last_frame, g.frames) == (
             w.token_ids,

@@ -10,26 +10,21 @@ thread, run from several threads at once). Every run of the process goes through
 - `lanes` threads take segments in the order they came (a request's longest first), whichever batch call
   brought them, so a lane that frees takes the next segment at once (BentoML's dispatcher may hand over a new
   batch while another still runs: patches._concurrent_batches).
-- A segment runs solo when it is alone (no other run, nothing waiting) and the recent load is light (fewer
-  than 1.5 runs in flight on average over the last ~quarter second): a single client gets every core; under
-  load a lone segment takes a lane, leaving the other to the next one. While a solo run goes, the rest wait.
+- A segment runs solo when it is alone (no other run, nothing waiting): a single client gets every core.
+  While a solo run goes, the rest wait for it. (Sending a lone segment to a lane when the recent load was
+  high, so that the next one could start beside it at once, measured no better: docs/benchmarks.md.)
 - Exclusive runs (streaming buffers: a session of every core) wait until nothing else runs, and hold the cores.
 """
 
 from __future__ import annotations
 
-import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
-
-BUSY = 1.5  # runs in flight, on average, above which a lone run takes a lane
-HORIZON_S = 0.25  # the time constant of that average: after a burst, light load is seen within ~half a second
 
 
 @dataclass(eq=False)
@@ -50,32 +45,14 @@ class Cores:
         self._queue: deque[_Job[Any]] = deque()
         self._in_lanes = 0
         self._solo = False  # a solo or exclusive run holds every core
-        self._level = 0  # runs in flight (waiting or running)
-        self._average, self._since = 0.0, time.monotonic()  # of _level over time (HORIZON_S), as of _since
         self.solo_runs = self.lane_runs = 0
         for i in range(self.lanes):
             threading.Thread(target=self._work, name=f"lane-{i}", daemon=True).start()
-
-    @property
-    def demand(self) -> float:
-        """Runs in flight, averaged over the last ~HORIZON_S (exponentially); counted up to twice the lanes, so
-        a burst of hundreds is forgotten as fast as one of four."""
-        now = time.monotonic()
-        level = min(self._level, 2 * self.lanes)
-        self._average = level + (self._average - level) * math.exp(-(now - self._since) / HORIZON_S)
-        self._since = now
-        return self._average
-
-    @demand.setter
-    def demand(self, value: float) -> None:  # (tests: as if under that load)
-        self._average, self._since = value, time.monotonic()
 
     def run(self, fns: Sequence[Callable[[bool], T]], exclusive: bool = False) -> list[T]:
         """Each fn(solo) on the cores; results in order (an exception of one is raised after all have run)."""
         jobs = [_Job(fn, exclusive) for fn in fns]
         with self._cond:
-            _ = self.demand  # brought up to now before the level changes
-            self._level += len(jobs)
             self._queue.extend(jobs)
             self._cond.notify_all()
         for job in jobs:
@@ -96,7 +73,7 @@ class Cores:
                 self._cond.wait_for(self._ready)
                 job = self._queue.popleft()
                 alone = self._in_lanes == 0 and not self._queue
-                solo = job.exclusive or self.lanes == 1 or (alone and self.demand < BUSY)
+                solo = job.exclusive or self.lanes == 1 or alone
                 if solo:
                     self._solo, self.solo_runs = True, self.solo_runs + 1
                 else:
@@ -107,8 +84,6 @@ class Cores:
                 job.error = exc
             finally:
                 with self._cond:
-                    _ = self.demand
-                    self._level -= 1
                     if solo:
                         self._solo = False
                     else:
