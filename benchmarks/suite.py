@@ -144,7 +144,7 @@ def ort_session(path: Path, device: str) -> Any:
     """The bare session: ONNX Runtime's defaults, but for one setting. Its threads stop spin-waiting when a run
     returns (session.force_spinning_stop, as the service's do): by default they spin on after it, and on this
     2-core VM that took a core from the service's request that followed (one 10-s request measured 1.26x the
-    bare call interleaved, 1.10x with the bare threads stopped). Its own speed is the same either way (RTFx
+    bare call interleaved, 1.11x with the bare threads stopped). Its own speed is the same either way (RTFx
     medians of 4 alternating runs in separate processes: 67.9 default, 70.3 stopped)."""
     import onnxruntime as ort
 
