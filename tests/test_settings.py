@@ -52,6 +52,8 @@ def test_several_models_keep_their_order_and_case() -> None:
         ("ASR_VAD_PAD_S", "-0.1"),
         ("ASR_BATCH_MAX_LATENCY_MS", "0"),
         ("ASR_ORT_THREADS", "-1"),
+        ("ASR_CPU_LANES", "-2"),
+        ("ASR_CPU_LANES", "two"),
         ("ASR_REQUIRE_SAMPLE_RATE", "-16000"),
         ("ASR_MODELS", "a:v1, b c:v2"),
     ],
@@ -74,3 +76,12 @@ def test_every_setting_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for f in dataclasses.fields(Settings):
         assert f"`ASR_{f.name.upper()}`" in readme, f"ASR_{f.name.upper()} is not documented"
+
+
+def test_cpu_lanes_default_to_the_threads_then_the_cores() -> None:
+    import os
+
+    assert Settings.from_env({"ASR_CPU_LANES": "3"}).lanes == 3
+    assert Settings.from_env({"ASR_ORT_THREADS": "2"}).lanes == 2
+    assert Settings.from_env({}).lanes == len(os.sched_getaffinity(0))
+    assert Settings.from_env({"ASR_CPU_LANES": "1", "ASR_ORT_THREADS": "4"}).lanes == 1
