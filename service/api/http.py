@@ -422,16 +422,23 @@ async def check_form(scope: Scope, body: bytes, content_type: str, route: FormRo
     None) for a 400. A file name that is over-long or has control characters is acceptable: the handler reads
     the parsed form, and a body sent on to BentoML gets a safe name (_encode_form; BentoML's temp file named
     after it would fail with a 500)."""
-    from starlette.datastructures import UploadFile
-    from starlette.requests import Request
+    from starlette.datastructures import Headers, UploadFile
+    from starlette.formparsers import MultiPartParser
 
     fields = ", ".join(sorted(route.fields))
     if not content_type.lower().startswith("multipart/form-data"):
         problem = f"send multipart/form-data with the audio file in the field '{route.file_field}' (fields: {fields})"
         return problem, None, None
-    request = Request(scope, _once(body))
+
+    async def chunks() -> Any:
+        yield body
+
+    parser = MultiPartParser(Headers(scope=scope), chunks(), max_files=4, max_fields=32)
+    # The body is in memory already (up to ASR_MAX_UPLOAD_MB): an upload over Starlette's 1 MB would otherwise be
+    # copied to a temporary file on disk and read back
+    parser.spool_max_size = len(body) + 1
     try:
-        form = await request.form(max_files=4, max_fields=32)
+        form = await parser.parse()
     except Exception:
         return "the multipart body could not be parsed (are a part's headers or file name too long?)", None, None
     problem, param = "", None
@@ -470,12 +477,3 @@ async def _encode_form(form: Any, file_field: str, upload: Any) -> tuple[bytes, 
             parts.append(f"{head}\r\n\r\n{value}\r\n".encode())
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def _once(body: bytes) -> Receive:
-    pending = [body]
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": pending.pop(), "more_body": False} if pending else DISCONNECT
-
-    return receive
