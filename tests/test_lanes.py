@@ -1,5 +1,5 @@
 """The CPU scheduler of session runs (service/recognition/lanes.py), with stand-in runs that record what ran at
-once; and the recognizer's lanes on a real graph (results as solo runs give)."""
+once. The recognizer's lanes on a real graph: tests/test_recognizer.py."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Recorder:
         return run
 
 
-def test_a_lone_run_under_light_load_runs_solo() -> None:
+def test_a_lone_run_runs_solo() -> None:
     cores, rec = Cores(2), Recorder()
     for i in range(5):  # one client: one run at a time
         assert cores.run([rec.job(f"r{i}")]) == [f"r{i}"]
