@@ -22,6 +22,12 @@ def patched() -> None:
     patches.apply()
 
 
+@pytest.fixture(autouse=True)
+def one_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BentoML's own one batch at a time, whatever an earlier import of service.service set for its lanes."""
+    monkeypatch.setattr(patches, "concurrent_batches", 1)
+
+
 def test_the_guard_refuses_other_releases_and_changed_code() -> None:
     patches.check()  # the installed BentoML is what the patches were written for
     with pytest.raises(patches.PatchMismatch, match=r"written for BentoML 1\.4\.39, but 1\.4\.40 is installed"):
