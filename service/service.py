@@ -232,7 +232,7 @@ class Recognizer:
 
         self.engines: list[Engine] = []
         # every CPU session run of this process, of every model, scheduled on the cores (lanes.py)
-        cores = Cores(SETTINGS.lanes)
+        cores = Cores(SETTINGS.lanes) if SETTINGS.lanes > 1 else None
         for model in _store_entries(self):
             directory = Path(model.path)
             try:
@@ -302,10 +302,10 @@ def cpu_lanes() -> int:
 
 
 # as many batches in flight, and threads to run them, as lanes: a lane that frees takes the next segment at once
-patches.concurrent_batches = cpu_lanes()
+patches.concurrent_batches = CPU_LANES = cpu_lanes()
 Recognizer = bentoml.service(  # type: ignore[misc]
     name="asr_recognizer",
-    threads=cpu_lanes(),
+    threads=CPU_LANES,
     logging={"access": {"enabled": False}},  # a line per batch call says nothing the entry's request lines miss
     # Only the recognizer asks for a GPU; BentoML then sets CUDA_VISIBLE_DEVICES for its worker.
     resources={"gpu": 1} if SETTINGS.device != "cpu" else {},

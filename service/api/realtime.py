@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.api import metrics
-from service.audio.vad import StreamVAD
+from service.audio.vad import WINDOW, StreamVAD
 from service.errors import BadRequest
 from service.recognition.streaming import StreamingUnsupported
 
@@ -45,7 +45,6 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024  # an append of 15 MB of base64 audio (OpenAI
 CLOSE_TRY_AGAIN = 1013  # "try again later": too many sessions
 CLOSE_POLICY = 1008
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
-WINDOW = 512  # samples per VAD probability at 16 kHz
 MAX_QUEUED = 3000  # client events waiting for the session's task (5 minutes of 100-ms appends)
 
 
@@ -262,9 +261,7 @@ class Session:
                     f"unknown or unsupported event type {kind!r} in a transcription session",
                     "type",
                 )
-        except ClientError as exc:
-            await self.send(error_event(exc.code, exc.message, exc.param, client_event))
-        except BadRequest as exc:  # an unknown model or language
+        except (ClientError, BadRequest) as exc:  # (BadRequest: an unknown model or language)
             await self.send(error_event(exc.code, exc.message, exc.param, client_event))
         except StreamingUnsupported as exc:
             await self.send(error_event("model_not_streamable", str(exc), "model", client_event))

@@ -20,6 +20,11 @@ CONTEXT = 64  # each window is read with the 64 samples before it
 FRAME, HOP = 256, 128  # Silero's STFT: 256-sample frames every 128 samples, the four of them within a window
 BLOCK_WINDOWS = 1024  # ~33 s of audio per ONNX Runtime call
 MODEL_FILE = Path(__file__).with_name("silero_vad") / "silero_vad_batched.onnx"
+State = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]  # the LSTM's h and c
+
+
+def initial_state() -> State:
+    return np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)
 
 
 class SileroVAD:
@@ -44,7 +49,7 @@ class SileroVAD:
         """Speech probability of each 512-sample window of 16 kHz audio (the last one zero-padded)."""
         total = samples.shape[0]
         n = -(-total // WINDOW)
-        state = np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)
+        state = initial_state()
         out = np.empty(n, np.float32)
         for lo in range(0, n, BLOCK_WINDOWS):
             if stop():
@@ -55,10 +60,15 @@ class SileroVAD:
             block = np.zeros((hi - lo) * WINDOW + CONTEXT, np.float32)
             held = samples[max(0, first) : min(total, hi * WINDOW)]
             block[max(0, -first) : max(0, -first) + held.shape[0]] = held
-            feeds = {"magnitude": self._magnitude(block), "h": state[0], "c": state[1]}
-            probs, h, c = self.session.run(["speech_probs", "hn", "cn"], feeds)
-            out[lo:hi], state = probs, (h, c)
+            out[lo:hi], state = self.score(block, state)
         return out
+
+    def score(self, block: npt.NDArray[np.float32], state: State) -> tuple[npt.NDArray[np.float32], State]:
+        """The probabilities of the windows of `block` (CONTEXT samples, then whole windows), from the LSTM
+        `state` before them; and the state after them."""
+        feeds = {"magnitude": self._magnitude(block), "h": state[0], "c": state[1]}
+        probs, h, c = self.session.run(["speech_probs", "hn", "cn"], feeds)
+        return probs, (h, c)
 
     def _magnitude(self, block: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """|STFT| of every window, [windows, 4 frames x 129 bins]. A window is its 576 samples (64 of context)
@@ -77,7 +87,7 @@ class StreamVAD:
 
     def __init__(self, vad: SileroVAD) -> None:
         self.vad = vad
-        self.state = np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)
+        self.state = initial_state()
         self.context = np.zeros(CONTEXT, np.float32)
         self.pending = np.zeros(0, np.float32)
         self.windows = 0  # windows scored so far
@@ -89,10 +99,7 @@ class StreamVAD:
         if n == 0:
             return np.zeros(0, np.float32)
         block = np.concatenate([self.context, self.pending[: n * WINDOW]])
-        feeds = {"magnitude": self.vad._magnitude(block), "h": self.state[0], "c": self.state[1]}
-        probs, h, c = self.vad.session.run(["speech_probs", "hn", "cn"], feeds)
-        self.state, self.context = (h, c), block[-CONTEXT:]
-        self.pending = self.pending[n * WINDOW :]
+        probs, self.state = self.vad.score(block, self.state)
+        self.context, self.pending = block[-CONTEXT:], self.pending[n * WINDOW :]
         self.windows += n
-        out: npt.NDArray[np.float32] = probs
-        return out
+        return probs

@@ -344,10 +344,9 @@ class Recognizer:
     def logprobs(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
         """Log-probabilities for beam search, batched like infer(). A failed run gives empty arrays of one
         column (the entry answers 503 `unavailable` for them, like a failed greedy result)."""
-        failed = np.zeros((0, 1), np.float32)
         if self.single_runs:
             return self._each(batch, lambda item, session: self._logprobs_or_fail([item], session)[0])
-        out: list[npt.NDArray[np.float32]] = [failed] * len(batch)
+        out: list[npt.NDArray[np.float32]] = [np.zeros((0, 1), np.float32)] * len(batch)
         for group in self.groups(batch):
             for i, lp in zip(group, self._logprobs_or_fail([batch[i] for i in group]), strict=True):
                 out[i] = lp
