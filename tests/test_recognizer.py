@@ -114,6 +114,7 @@ def test_lanes_give_what_solo_runs_give(config: str, request: pytest.FixtureRequ
         assert np.allclose(g.probability, w.probability, atol=1e-5)
     got_lp, want_lp = lanes.logprobs(clips), [solo.forward([c])[0] for c in clips]
     assert all(g.shape == w.shape and np.allclose(g, w, atol=1e-5) for g, w in zip(got_lp, want_lp, strict=True))
+    assert lanes.infer([]) == [] and lanes.logprobs([]) == []  # as solo: an empty batch is no error
 
 
 def test_lanes_are_dropped_where_they_do_not_pay(tiny_bpe: Exported) -> None:

@@ -209,11 +209,8 @@ class Recognizer:
             return lambda solo: fn(item, self.session if solo or lane is None else lane)
 
         order = sorted(range(len(batch)), key=lambda i: -batch[i].shape[0])
-        done = self.cores.run([job(batch[i]) for i in order], exclusive=lane is None)
-        out: list[T] = [done[0]] * len(batch)
-        for i, value in zip(order, done, strict=True):
-            out[i] = value
-        return out
+        done = dict(zip(order, self.cores.run([job(batch[i]) for i in order], exclusive=lane is None), strict=True))
+        return [done[i] for i in range(len(batch))]
 
     def groups(self, batch: Sequence[npt.NDArray[np.float32]]) -> list[list[int]]:
         """Which items share a session run: none on CPU; on a GPU those of one bucket (or, without buckets,
