@@ -27,6 +27,7 @@ ENCODINGS = [
 ]
 # container -> (FFmpeg muxer, encoder)
 FFMPEG = {"MP4": ("ipod", "aac"), "WEBM": ("webm", "libopus"), "AAC": ("adts", "aac"), "AMR": ("amr", "amr_nb")}
+LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}  # FFmpeg's layout for a channel count
 
 
 def encode(audio: npt.NDArray[np.float32], rate: int, container: str = "WAV", subtype: str = "PCM_16") -> bytes:
@@ -115,11 +116,12 @@ def ffmpeg_encode(audio: npt.NDArray[np.float32], rate: int, container: str, str
     import av
 
     muxer, codec = FFMPEG[container]
-    planar = np.ascontiguousarray((audio[:, None] if audio.ndim == 1 else audio).T, dtype=np.float32)
+    frames = np.ascontiguousarray(audio[:, None] if audio.ndim == 1 else audio, dtype=np.float32)
     out: io.RawIOBase | io.BytesIO = _Stream() if streamed else io.BytesIO()
     with av.open(out, "w", format=muxer, options={"live": "1"} if streamed else {}) as file:
-        stream = file.add_stream(codec, rate=rate, layout="mono" if planar.shape[0] == 1 else "stereo")
-        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=stream.layout.name)
+        stream = file.add_stream(codec, rate=rate, layout=LAYOUTS[frames.shape[1]])
+        # interleaved: PyAV 18 miscounts the planes of a planar frame of 8 channels (service/audio/containers.py)
+        frame = av.AudioFrame.from_ndarray(frames.reshape(1, -1), format="flt", layout=stream.layout.name)
         frame.sample_rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             file.mux(packet)

@@ -196,6 +196,20 @@ def test_phone_codecs_at_their_rates() -> None:
     assert np.argmax(spectrum) * RATE / m4a.samples.shape[0] == pytest.approx(440, abs=2)
 
 
+@pytest.mark.parametrize("container", ["AAC", "MP4", "WEBM"])
+def test_containers_of_many_channels_decode(container: str) -> None:
+    """7.1 audio in FFmpeg's containers is averaged like any other. (Before, decoding a file of 8 channels killed
+    the process: PyAV 18 reads a planar frame's planes past its last channel; a fuzzed ADTS header announcing 9
+    channels did the same to the server.)"""
+    rate = 48000 if container == "WEBM" else RATE
+    d = decode(ffmpeg_encode(tone(1.0, rate, 8), rate, container), RATE, Limits())
+    assert d.channels == 8 and abs(d.samples.shape[0] - RATE) < RATE * 0.1
+    expected = 0.3 * np.mean([(c + 1) / 8 for c in range(8)])  # the tone's amplitude once the channels are averaged
+    assert float(np.abs(d.samples).max()) == pytest.approx(expected, rel=0.15)
+    spectrum = np.abs(np.fft.rfft(d.samples))
+    assert np.argmax(spectrum) * RATE / d.samples.shape[0] == pytest.approx(440, abs=2)
+
+
 @pytest.mark.parametrize("container", ["MP4", "WEBM"])
 def test_containers_cut_short_are_refused(container: str) -> None:
     """The rule for every container: a header that promises more audio than the file holds is a 400

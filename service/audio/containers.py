@@ -58,9 +58,11 @@ class AVSource:
         return int(seconds * self.rate) if seconds > 0 and self.rate > 0 else None
 
     def blocks(self) -> Iterator[npt.NDArray[np.float32]]:
-        """Decoded frames converted to planar float32 by FFmpeg's resampler (rate and layout unchanged) and
-        gathered into blocks of about BLOCK_FRAMES."""
-        converter = av.AudioResampler(format="fltp")
+        """Decoded frames converted to interleaved float32 by FFmpeg's resampler (rate and layout unchanged) and
+        gathered into blocks of about BLOCK_FRAMES. Interleaved, one plane: PyAV 18 finds a frame's planes by
+        walking its channel pointers until a null one, which runs past the last channel from 8 channels on (a
+        7.1 AAC file, or a damaged header announcing 9: the process died reading a garbage pointer)."""
+        converter = av.AudioResampler(format="flt")
         pending: list[npt.NDArray[np.float32]] = []
         held = 0
         try:
@@ -69,17 +71,21 @@ class AVSource:
                     if frame.sample_rate != self.rate or len(frame.layout.channels) != self.channels:
                         raise UndecodableAudio("the audio changes its rate or channel count midway")
                     for converted in converter.resample(frame):
-                        pending.append(converted.to_ndarray().T.astype(np.float32, copy=False))
+                        pending.append(self._frames(converted))
                         held += pending[-1].shape[0]
                 if held >= BLOCK_FRAMES:
                     yield np.concatenate(pending)
                     pending, held = [], 0
             for converted in converter.resample(None):
-                pending.append(converted.to_ndarray().T.astype(np.float32, copy=False))
+                pending.append(self._frames(converted))
         except av.FFmpegError:
             raise UndecodableAudio(f"the {self.format} audio data is corrupt or truncated") from None
         if pending:
             yield np.concatenate(pending)
+
+    def _frames(self, converted: av.AudioFrame) -> npt.NDArray[np.float32]:
+        """An interleaved float32 frame as (frames, channels)."""
+        return converted.to_ndarray().reshape(-1, self.channels).astype(np.float32, copy=False)
 
     def finished(self, frames: int) -> None:
         """A header that promises more audio than the file holds means the file was cut short: 400, as for WAV."""
