@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from export.describe import UnsupportedModel
     from export.frontend import UnsupportedFrontEnd
-    from export.pipeline import DecoderOptions, LMError, Options, progress, run
+    from export.pipeline import DecoderOptions, LMError, Options, run
+    from export.progress import progress
     from export.sources import SourceError, from_config, from_nemo, from_pretrained
     from export.store import StoreNameError, checked_name
     from export.streaming import StreamingExportError

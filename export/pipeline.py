@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from export.describe import (
     check_exportable,
@@ -23,6 +19,8 @@ from export.describe import (
 )
 from export.frontend import featurizer_facts
 from export.graph import INPUT_NAMES, OPSET, OUTPUT_NAMES, export_onnx
+from export.progress import progress
+from export.runtime import ort_runner
 from export.sources import LoadedModel
 from export.verify import FP32_TOLERANCE, Clip, check_parity, nemo_reference, verification_clips
 from service.manifest import (
@@ -34,6 +32,7 @@ from service.manifest import (
     TensorSpec,
     TokenizerSpec,
     Variant,
+    is_arpa,
 )
 from service.recognition.tokens import Detokenizer
 
@@ -64,19 +63,19 @@ class DecoderOptions:
 
 
 def pack_decoder(options: DecoderOptions, vocab: tuple[list[str], int, Any], out_dir: Path) -> DecoderSpec:
-    """The manifest's decoder entry; the LM copied beside the graph as lm.arpa or lm.bin, after a beam search
-    with it has run on this vocabulary (an LM KenLM cannot read fails the export, not the service)."""
-    from service.recognition.beam import BeamDecoder, LMSpec, is_arpa
-
+    """The manifest's decoder entry; the LM copied beside the graph as lm.arpa or lm.bin, after KenLM has read
+    it and scored a sentence of this vocabulary's pieces (an LM KenLM cannot read fails the export, not the
+    service)."""
     if options.lm is None:
         return DecoderSpec(beam_width=options.beam_width)
     file = "lm.arpa" if is_arpa(options.lm) else "lm.bin"
     shutil.copy2(options.lm, out_dir / file)
-    vocabulary, blank_id, tokenizer = vocab
+    vocabulary, _, tokenizer = vocab
     try:
-        lm = LMSpec(str(out_dir / file), options.lm_alpha, options.lm_beta)
-        decoder = BeamDecoder(vocabulary, blank_id, lm, tokenizer.unknown_ids)
-        decoder.decode(np.full((8, len(vocabulary) + 1), -np.log(len(vocabulary) + 1), np.float32), 4)
+        import kenlm
+
+        words = [p.replace(tokenizer.word_marker, "") for p in vocabulary[:8]]
+        kenlm.Model(str(out_dir / file)).score(" ".join(w for w in words if w.strip()), bos=True, eos=True)
     except Exception as exc:
         raise LMError(f"the language model {options.lm} cannot be used: {exc}") from exc
     size_mb = (out_dir / file).stat().st_size / 1e6
@@ -92,24 +91,6 @@ def pack_decoder(options: DecoderOptions, vocab: tuple[list[str], int, Any], out
 
 class LMError(ValueError):
     """The n-gram LM given to the export cannot be read or used."""
-
-
-def progress(message: str) -> None:
-    print(f"[export] {message}", file=sys.stderr, flush=True)
-
-
-def ort_runner(path: Path):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def run(
-        audio: npt.NDArray[np.float32], lengths: npt.NDArray[np.int64]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        logprobs, out_lengths = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: audio, INPUT_NAMES[1]: lengths})
-        return logprobs, out_lengths
-
-    return run
 
 
 def versions() -> dict[str, str]:

@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+from export.progress import progress
 from service.manifest import Manifest
 
 
@@ -33,8 +34,6 @@ def checked_name(name: str, given: bool) -> str:
             f"--name {name!r} is not a valid store name (lowercase letters, digits, '-', '_' and '.', starting and "
             f"ending with a letter or digit); for example --name {valid}"
         )
-    from export.pipeline import progress
-
     progress(f"the model's name {name!r} is not a valid store name: registering it as {valid!r} (--name sets it)")
     return valid
 

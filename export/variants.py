@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from export.runtime import ort_runner
 from export.verify import FP32_TOLERANCE, Clip, ParityError, measure_parity
 from service.manifest import Variant
 from service.recognition.tokens import Detokenizer
@@ -123,8 +124,6 @@ def make_variant(
     sample_rate: int,
     reference: Any,
 ) -> Variant:
-    from export.pipeline import ort_runner
-
     file = f"model.{kind}.onnx"
     write_variant(kind, directory / graph_file, directory / file)
     report, problems = measure_parity(
@@ -153,8 +152,6 @@ def make_variant(
 def cpu_speed(fp32: Path, variant: Path, clips: Sequence[Clip], rounds: int = 5) -> float:
     """The variant's CPU speed as a multiple of the fp32 graph's, every clip run alone (interleaved_speed)."""
     import numpy as np
-
-    from export.pipeline import ort_runner
 
     runners = [ort_runner(fp32), ort_runner(variant)]
     inputs = [(c.audio[None, :].astype(np.float32), np.array([c.audio.shape[0]], np.int64)) for c in clips]

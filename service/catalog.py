@@ -7,6 +7,7 @@ rate, vocabulary, frame shift, longest segment) comes from that model's manifest
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from service.errors import BadRequest
@@ -36,6 +37,13 @@ class ServedModel:
     def build(cls, tag: str, manifest: Manifest, method: str, segment_s: float, created: int = 0) -> ServedModel:
         detok = Detokenizer(manifest.vocabulary, manifest.tokenizer)
         return cls(tag.split(":")[0], tag, manifest, method, segment_samples(manifest, segment_s), detok, created)
+
+    @classmethod
+    def from_store(cls, entry: Any, method: str, segment_s: float) -> ServedModel:
+        """A model store entry (a bentoml.Model: tag, directory, creation time) -> the served model."""
+        when = getattr(getattr(entry, "info", None), "creation_time", None)
+        created = int(when.timestamp()) if when is not None else 0
+        return cls.build(str(entry.tag), Manifest.read(Path(entry.path)), method, segment_s, created)
 
     @property
     def logprobs_method(self) -> str:
@@ -70,6 +78,25 @@ def segment_samples(manifest: Manifest, segment_s: float) -> int:
     """ASR_SEGMENT_S in this model's samples, never beyond what its graph supports (0: the graph's limit)."""
     wanted = int(segment_s * manifest.sample_rate) if segment_s else manifest.max_segment_samples
     return min(wanted, manifest.max_segment_samples)
+
+
+def missing_variant(variant: str, entries: list[Any]) -> str:
+    """Why ASR_VARIANT cannot be served ("" when every store entry has it): refused at start-up, not at the
+    first request."""
+    if not variant:
+        return ""
+    for entry in entries:
+        try:
+            variants = Manifest.read(Path(entry.stored.path)).variants
+        except Exception:
+            continue  # a missing or unreadable model is reported by BentoML and the recognizer, by name
+        if variant not in variants:
+            has = ", ".join(sorted(variants)) or "none"
+            return (
+                f"ASR_VARIANT={variant!r}: model {entry.tag} has no {variant} variant (it has: {has}); export it "
+                f"with `python -m export ... --variants {variant}` or unset ASR_VARIANT"
+            )
+    return ""
 
 
 class Catalog:

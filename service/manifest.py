@@ -102,6 +102,12 @@ class DecoderSpec(_Frozen):
     lm_note: str = ""  # where the LM came from (the export's --lm-note)
 
 
+def is_arpa(path: str | Path) -> bool:
+    """An n-gram LM in ARPA text (the store entry's lm.arpa), else KenLM's binary format (lm.bin)."""
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip().startswith(b"\\data\\")
+
+
 class StreamingSpec(_Frozen):
     """Streaming recognition (NeMo's buffered CTC inference): two more graphs from the same export, both
     verified. Features come un-normalised along the stream; each buffer of features is normalised with its own

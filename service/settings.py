@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from service.recognition.device import DeviceOptions
+from service.recognition.device import DeviceOptions, nvidia_gpu_present
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -231,6 +231,28 @@ class Settings:
     @property
     def model_tags(self) -> tuple[str, ...]:
         return self.models or (self.model,)
+
+    def served_tags(self, arguments: object = None, env: dict[str, str] | None = None) -> tuple[str, ...]:
+        """ASR_MODELS / ASR_MODEL when set; else the models a bento was built for (`bentoml build --arg
+        models=TAG,...`: BentoML's `use_arguments()`, kept in the bento); else the default."""
+        env = dict(os.environ if env is None else env)
+        if env.get("ASR_MODELS", "").strip() or env.get("ASR_MODEL", "").strip():
+            return self.model_tags
+        built = getattr(arguments, "models", "") or getattr(arguments, "model", "")
+        return tuple(t.strip() for t in str(built).split(",") if t.strip()) or self.model_tags
+
+    def recognizer_lanes(self) -> int:
+        """Segments the recognizer may run at once on the CPU (its lanes; it runs one batch at a time on a GPU)."""
+        return self.lanes if self.device == "cpu" or not nvidia_gpu_present() else 1
+
+    def entry_processes(self) -> int:
+        """ASR_ENTRY_WORKERS, or by default one process per two cores where the recognizer will have an NVIDIA GPU
+        (one entry process decodes and resamples for ~100x real time, a GPU recognises for thousands), else one."""
+        if self.entry_workers:
+            return self.entry_workers
+        if self.device != "cpu" and nvidia_gpu_present():
+            return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
+        return 1
 
     @property
     def max_upload_bytes(self) -> int:

@@ -14,7 +14,7 @@ import torch
 from export.describe import max_segment_samples, tensor_frames
 from export.frontend import LogMelFrontEnd
 from export.graph import max_encoder_frames
-from export.pipeline import ort_runner
+from export.runtime import ort_runner
 from export.verify import Clip, measure_parity, pad_batch
 from service.manifest import Manifest, ParityReport
 from service.recognition.tokens import Detokenizer

@@ -144,7 +144,7 @@ def mulaw(audio: np.ndarray) -> bytes:
 
 def test_g711_tables_match_the_standard() -> None:
     """Both tables against the ITU-T G.711 reference values (as audioop had them)."""
-    from service.api.realtime import G711
+    from service.audio.pcm import G711
 
     assert G711["pcmu"][0xFF] == 0 and G711["pcmu"][0x00] * 32768 == -32124 and G711["pcmu"][0x80] * 32768 == 32124
     assert G711["pcma"][0xD5] * 32768 == 8 and G711["pcma"][0x55] * 32768 == -8 and G711["pcma"][0xAA] * 32768 == 32256

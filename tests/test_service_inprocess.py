@@ -66,12 +66,12 @@ def test_segments_in_flight_follow_where_the_recognizer_landed(client: TestClien
 
     from service.catalog import Catalog
 
-    service = next(o for o in gc.get_objects() if type(o).__name__ == "Transcriber" and hasattr(o, "catalog"))
+    service = next(o for o in gc.get_objects() if type(o).__name__ == "Transcriber" and hasattr(o, "policy"))
     engine = service.recognizer.engines[0]
-    catalog, infer, on_gpu = service.catalog, engine.infer, engine.on_gpu
+    catalog, infer, on_gpu = service.policy.catalog, engine.infer, engine.on_gpu
     # 2-s segments, so that a 40-s request has more than 16
     short = [dataclasses.replace(m, segment_samples=2 * 16000) for m in catalog.models]
-    service.catalog = Catalog(short)
+    service.policy.catalog = Catalog(short)
     active, peak, lock = [0], [0], threading.Lock()
 
     def counted(batch: list[Any]) -> Any:
@@ -85,14 +85,14 @@ def test_segments_in_flight_follow_where_the_recognizer_landed(client: TestClien
             with lock:
                 active[0] -= len(batch)
 
-    engine.infer, engine.on_gpu, service._recognizer_ready = counted, gpu, False  # status is asked again
+    engine.infer, engine.on_gpu, service.recognition.ready = counted, gpu, False  # status is asked again
     try:
         audio, _ = speech.joined(speech.SENTENCES * 2, pause_s=0.6)
         wav = encode(audio[: 40 * 16000], 16000, "FLAC")  # under the fixture's 1-MB upload limit
         r = client.post("/transcribe", files={"audio": ("a.wav", wav, "audio/wav")})
         assert r.status_code == 200 and len(r.json()["segments"]) > 16
     finally:
-        engine.infer, engine.on_gpu, service.catalog, service._recognizer_ready = infer, on_gpu, catalog, False
+        engine.infer, engine.on_gpu, service.policy.catalog, service.recognition.ready = infer, on_gpu, catalog, False
     assert peak[0] == (16 if gpu else 4)
 
 
@@ -133,7 +133,7 @@ def test_a_large_upload_is_parsed_in_memory(monkeypatch: pytest.MonkeyPatch) -> 
 
     import httpx
 
-    from service.api.http import FormRoute, check_form
+    from service.api.forms import FormRoute, check_form
 
     rollovers: list[int] = []
     rollover = tempfile.SpooledTemporaryFile.rollover
@@ -150,8 +150,11 @@ def test_a_large_upload_is_parsed_in_memory(monkeypatch: pytest.MonkeyPatch) -> 
     headers = [(b"content-type", content_type.encode())]
     scope = {"type": "http", "method": "POST", "path": "/transcribe", "headers": headers}
 
+    async def answer(scope: Any, form: Any) -> Any:
+        raise AssertionError("only parsed here")
+
     async def parse() -> bytes:
-        problem, _, form = await check_form(scope, body, content_type, FormRoute("audio", frozenset({"audio"})))
+        problem, _, form = await check_form(scope, body, content_type, FormRoute("audio", answer, frozenset({"audio"})))
         assert problem == "" and form is not None
         try:
             return bytes(await form["audio"].read())

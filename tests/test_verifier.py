@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from export.pipeline import ort_runner
+from export.runtime import ort_runner
 from export.verify import Clip, ParityError, measure_parity, nemo_reference, pad_batch, verification_clips
 from service.manifest import ParityReport, TokenizerSpec
 from service.recognition.tokens import Detokenizer

@@ -14,10 +14,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from service.api.entry import Entry, current
 from service.api.formats import media_type, openai_verbose, render
-from service.api.http import error_body
+from service.api.realtime import serve
+from service.api.replies import Scope, error_body
 from service.errors import ASRError, BadRequest
 
+FILE_FIELD = "file"
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
 OPENAI_FIELDS = frozenset(
@@ -53,34 +56,31 @@ LANGUAGE_NAMES = {
 }
 
 
-def _service() -> Any:
-    import bentoml
-
-    return bentoml.get_current_service()
-
-
 async def transcriptions(request: Request) -> Response:
+    """The route as mounted; the request guard answers POSTs from the form it parsed (answer_form) before they
+    get here."""
     form = await request.form()
     try:
-        return await answer_form(_service(), request.scope, form)
+        return await answer_form(request.scope, form)
     finally:
         await form.close()
 
 
-async def answer_form(service: Any, scope: Any, form: Any) -> Response:
-    """POST /v1/audio/transcriptions from its parsed form (RequestGuard hands it over: service/api/http.py)."""
+async def answer_form(scope: Scope, form: Any) -> Response:
+    """POST /v1/audio/transcriptions from its parsed form."""
     from starlette.datastructures import State
 
+    entry = current()
     state = State(scope.setdefault("state", {}))
     try:
-        upload = form.get("file")
+        upload = form.get(FILE_FIELD)
         if not isinstance(upload, UploadFile):
-            raise BadRequest("the field 'file' must be an uploaded audio file", "file")
-        options = _options(form, service)
+            raise BadRequest("the field 'file' must be an uploaded audio file", FILE_FIELD)
+        options = _options(form, entry)
         data = await upload.read()
-        state.asr_model = options["model"].name  # for the request metrics (service/api/http.py)
-        transcript = await service.run(data, options["model"], options["decoding"])
-        state.asr_audio_s = transcript.duration_s  # for the request's log line
+        state.asr_model = options["model"].name  # for the request metrics and log line (api/requestlog.py)
+        transcript = await entry.files.run(data, options["model"], options["decoding"])
+        state.asr_audio_s = transcript.duration_s
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
         return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message, exc.param), int(exc.status))
     fmt = options["response_format"]
@@ -94,8 +94,8 @@ async def answer_form(service: Any, scope: Any, form: Any) -> Response:
     return PlainTextResponse(render(transcript, fmt), media_type=media_type(fmt))
 
 
-def _options(form: Any, service: Any) -> dict[str, Any]:
-    chosen = service.catalog.select(str(form.get("model") or ""), str(form.get("language") or ""))
+def _options(form: Any, entry: Entry) -> dict[str, Any]:
+    chosen = entry.policy.model(str(form.get("model") or ""), str(form.get("language") or ""))
     fmt = str(form.get("response_format") or "json")
     if fmt not in FORMATS:
         raise BadRequest(f"response_format must be one of {', '.join(FORMATS)}", "response_format")
@@ -110,10 +110,8 @@ def _options(form: Any, service: Any) -> dict[str, Any]:
             raise BadRequest("temperature must be a number", "temperature") from None
     # The prompt is read as hotwords (`phrase[:weight], ...`, as /transcribe's `hotwords`): beam search favours
     # those phrases. Without a prompt, ASR_DECODING decides.
-    from service.service import choose_decoding
-
     try:
-        decoding = choose_decoding("", str(form.get("prompt") or ""))
+        decoding = entry.policy.decoding("", str(form.get("prompt") or ""))
     except BadRequest as exc:
         raise BadRequest(f"the prompt is read as hotwords: {exc.message}", "prompt") from None
     return {"response_format": fmt, "granularities": grains, "model": chosen, "decoding": decoding}
@@ -124,26 +122,24 @@ def _model_object(m: Any) -> dict[str, Any]:
 
 
 async def models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": [_model_object(m) for m in _service().catalog.models]})
+    return JSONResponse({"object": "list", "data": [_model_object(m) for m in current().policy.catalog.models]})
 
 
 async def model(request: Request) -> Response:
     """GET /v1/models/{id}: one served model (its name, `name:latest` or full tag), or OpenAI's 404."""
     name = request.path_params["model_id"]
-    found = _service().catalog.find(name)
+    catalog = current().policy.catalog
+    found = catalog.find(name)
     if found is None:
-        message = f"the model {name!r} does not exist; served: {', '.join(_service().catalog.names())}"
+        message = f"the model {name!r} does not exist; served: {', '.join(catalog.names())}"
         return JSONResponse(error_body("openai", 404, "model_not_found", message, "model"), 404)
     return JSONResponse(_model_object(found))
 
 
 async def realtime(websocket: WebSocket) -> None:
     """ws /v1/realtime?intent=transcription: streaming transcription sessions (service/api/realtime.py)."""
-    from service.api.realtime import Limits, serve
-    from service.service import SETTINGS
-
-    limits = Limits(SETTINGS.realtime_sessions, SETTINGS.realtime_max_s, SETTINGS.realtime_idle_s)
-    await serve(websocket, _service(), limits)
+    entry = current()
+    await serve(websocket, entry.streams, entry.policy, entry.realtime_limits)
 
 
 openai_app = Starlette(

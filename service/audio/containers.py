@@ -18,7 +18,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from service.audio.decode import BLOCK_FRAMES, FRAME_SYNCED
+from service.audio.source import BLOCK_FRAMES, FRAME_SYNCED
 from service.errors import UndecodableAudio, UnsupportedFormat
 
 # The container name each demuxer reports (Decoded.format; ASR_FORMATS takes these names).

@@ -7,13 +7,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 import soxr
 
+from service.audio.source import BLOCK_FRAMES, Source
 from service.errors import (
     AudioTooLarge,
     AudioTooLong,
@@ -27,7 +27,6 @@ from service.errors import (
 # Rates outside this range are not audio anyone records; refusing them keeps soxr's work bounded.
 MIN_RATE, MAX_RATE = 1000, 384_000
 MAX_CHANNELS = 64
-BLOCK_FRAMES = 1 << 16  # frames per block: at most 16 MB even at 64 channels
 
 
 @dataclass(frozen=True)
@@ -105,26 +104,6 @@ def sniff_container(data: bytes) -> str | None:
     if version != 1 and layer != 0 and bitrate != 15 and rate != 3:  # a valid MPEG audio frame header
         return "mp3"
     return None
-
-
-# Signatures too short to be sure of: bytes that merely start like an audio frame and that FFmpeg cannot read
-# are not audio (415), where an MP4, WebM or AMR file FFmpeg cannot read is a damaged one (400).
-FRAME_SYNCED = frozenset({"aac", "mp3"})
-
-
-class Source(Protocol):
-    """A decoder's view of an upload: what its header says, then float32 blocks of (frames, channels)."""
-
-    rate: int
-    channels: int
-    format: str  # container: WAV, FLAC, OGG, MP3, MP4, WEBM, ...
-    subtype: str  # PCM_16, VORBIS, OPUS, AAC, ...
-    declared_frames: int | None  # from the header; None when it does not say
-
-    def blocks(self) -> Iterator[npt.NDArray[np.float32]]: ...
-
-    def finished(self, frames: int) -> None:
-        """Called after the last block with the frames read: raises when the file was cut short."""
 
 
 class _SoundFileSource:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.manifest import Manifest, is_arpa
+
 # A beam's prefixes are pruned below best + PRUNE_LOGP; tokens below TOKEN_MIN_LOGP in a frame are not tried
 # unless they are its best (pyctcdecode's defaults).
 PRUNE_LOGP = -10.0
@@ -153,12 +155,6 @@ def _label(piece: str, unknown: bool) -> str:
     return piece
 
 
-def is_arpa(path: str | Path) -> bool:
-    """An ARPA text file (else KenLM's binary format)."""
-    with open(path, "rb") as f:
-        return f.read(4096).lstrip().startswith(b"\\data\\")
-
-
 class BeamDecoder:
     """One model's decoder: its labels (vocabulary with the blank) and, optionally, its n-gram model."""
 
@@ -284,3 +280,26 @@ class BeamPool:
         except BrokenProcessPool:  # a decoding process died (killed, out of memory): the next call gets a new pool
             self._pool = None
             raise
+
+
+class MissingDecoder(RuntimeError):
+    """A package beam search needs is not installed."""
+
+
+def beam_pool(models: Sequence[tuple[str, str, Manifest, Path]], workers: int) -> BeamPool:
+    """The decoders of every served model (name, tag, manifest, store directory: an n-gram LM lies there)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyctcdecode") is None:
+        raise MissingDecoder("beam search's pyctcdecode is not installed: pip install --no-deps pyctcdecode==0.5.0")
+    specs = {}
+    for name, tag, manifest, directory in models:
+        d = manifest.decoder
+        lm = LMSpec(str(directory / d.lm_file), d.lm_alpha, d.lm_beta) if d.lm_file else None
+        if lm is not None and importlib.util.find_spec("kenlm") is None:
+            raise MissingDecoder(
+                f"model {tag} has an n-gram LM ({d.lm_file}) and KenLM's Python module is not installed: "
+                "pip install kenlm==0.3.0 (it builds with g++), or export the model without --lm"
+            )
+        specs[name] = (list(manifest.vocabulary), manifest.blank_id, lm, manifest.tokenizer.unknown_ids)
+    return BeamPool(specs, workers)

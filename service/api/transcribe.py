@@ -1,0 +1,111 @@
+"""The /transcribe door: its fields, and its answers (JSON `Transcription`, or text, SRT or WebVTT) in the
+encoding each kind of caller reads. The route itself is BentoML's typed API (service/service.py), so that
+BentoML's clients and its OpenAPI request schema know it; uploads are answered from the form the request guard
+parsed (`answer_form`)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import Headers, State
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from service.api.entry import Entry, current
+from service.api.formats import ResponseFormat, media_type, render
+from service.api.replies import BENTOML_INTERNAL, Scope, error_body
+from service.api.schemas import SegmentSpan, Transcription, Word
+from service.errors import ASRError
+
+FILE_FIELD = "audio"
+BENTOML_CLIENT = "BentoML HTTP Client/"  # how BentoML's SyncHTTPClient, AsyncHTTPClient and proxies say who they are
+
+
+class TranscribeFields(BaseModel):
+    """/transcribe's fields besides the file (the BentoML API's signature declares the same, for BentoML)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    timestamps: bool = False
+    response_format: ResponseFormat = "json"
+    model: str = ""
+    language: str = ""
+    decoding: Literal["default", "greedy", "beam"] = "default"
+    hotwords: str = ""
+
+
+FIELDS = frozenset({FILE_FIELD, *TranscribeFields.model_fields})
+
+
+async def answer_form(scope: Scope, form: Any) -> Response:
+    """POST /transcribe from the form the request guard parsed: parsed once, the upload never written to a file.
+    The same fields, checks and answers as the BentoML API."""
+    fields: dict[str, Any] = {}
+    for key in form:  # as BentoML reads a form: a field's last value, JSON-decoded when it is JSON
+        if key != FILE_FIELD:
+            value = form[key]
+            value = (await value.read()).decode("utf-8", "replace") if not isinstance(value, str) else value
+            try:
+                fields[key] = json.loads(value)
+            except ValueError:
+                fields[key] = value
+    try:
+        options = TranscribeFields.model_validate(fields)
+    except ValidationError as exc:
+        errors = exc.errors()
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        param = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
+        return JSONResponse(error_body("asr", 400, "bad_request", problems, param), 400)
+    data = await form[FILE_FIELD].read()
+    headers = Headers(scope=scope)
+    state = State(scope.setdefault("state", {}))
+    answer = await transcribe(
+        current(), data, options, state, headers.get("content-type", ""), headers.get("user-agent", "")
+    )
+    assert isinstance(answer, Response)  # a pickled request never comes this way
+    return answer
+
+
+async def transcribe(
+    entry: Entry, data: bytes, options: TranscribeFields, state: Any, media: str, agent: str
+) -> Response | Transcription:
+    """An upload's bytes and the request's options -> the answer (a Transcription itself for a parent service
+    that sent pickled arguments). `state`: the request's, where the model and the audio's length are left for the
+    request's metrics and log line (service/api/requestlog.py)."""
+    try:
+        served = entry.policy.model(options.model, options.language)
+        decoding = entry.policy.decoding(options.decoding, options.hotwords)
+        state.asr_model = served.name
+        transcript = await entry.files.run(data, served, decoding)
+        state.asr_audio_s = transcript.duration_s
+    except ASRError as exc:  # (the request guard adds Retry-After to 503s)
+        return JSONResponse(exc.body(), status_code=int(exc.status))
+    if options.response_format != "json":
+        text = render(transcript, options.response_format)
+        # BentoML's clients and proxies decode every answer as the API's declared type (JSON, or a pickle for
+        # a parent service that depends on this one by import), never as plain text (a text body raised
+        # JSONDecodeError); BentoML itself would send a str raw. They get the str in their own encoding.
+        if media.startswith(BENTOML_INTERNAL):
+            return Response(pickle.dumps(text), media_type=BENTOML_INTERNAL)
+        if agent.startswith(BENTOML_CLIENT):
+            return JSONResponse(text)
+        return PlainTextResponse(text, media_type=media_type(options.response_format))
+    words = [Word(**vars(w)) for w in transcript.words] if options.timestamps else None
+    result = Transcription(
+        text=transcript.text,
+        duration_s=round(transcript.duration_s, 3),
+        model=served.tag,
+        language=served.language,
+        segments=[
+            SegmentSpan(start=s.start, end=s.end, text=s.text, no_speech_prob=s.no_speech_prob)
+            for s in transcript.segments
+        ],
+        words=words,
+        speech_s=transcript.speech_s,
+    )
+    if media.startswith(BENTOML_INTERNAL):
+        return result  # BentoML pickles it for the parent service
+    # BentoML's JSON for a union-typed answer escapes every non-ASCII character (json.dumps): UTF-8 here
+    return JSONResponse(result.model_dump(mode="json"))
