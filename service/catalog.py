@@ -146,5 +146,15 @@ class Catalog:
             return chosen
         return self.default
 
+    def status(self, recognizer: dict[str, Any]) -> dict[str, Any]:
+        """/status: the default model, every served model (described, with what the recognizer's `status` says
+        of its session) and the recognizer's readiness."""
+        running = recognizer.pop("models", [])
+        models = [
+            {**m.describe(), **(running[i] if i < len(running) else {"providers": [], "ready": False})}
+            for i, m in enumerate(self.models)
+        ]
+        return {"model": self.default.tag, "language": self.default.language, **recognizer, "models": models}
+
     def _listing(self) -> str:
         return ", ".join(f"{m.language} ({m.name})" for m in self.models)

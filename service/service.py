@@ -9,7 +9,6 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -22,20 +21,12 @@ from service.api.disconnect import AbandonedCallLog, CancelOnDisconnect
 from service.api.formats import ResponseFormat
 from service.api.forms import FormRoute
 from service.api.guard import RequestGuard
-from service.api.realtime import SessionLimits
 from service.api.requestlog import REQUEST_LOG
 from service.api.schemas import Transcription
-from service.audio.decode import Limits
-from service.audio.vad import SileroVAD
-from service.catalog import Catalog, ServedModel, missing_variant, segment_samples
-from service.manifest import Manifest
-from service.pipeline.client import Readiness, Recognition
-from service.pipeline.files import FileSettings, FileTranscription
-from service.pipeline.policy import DecodingRules, Policy
-from service.pipeline.streams import StreamSettings, StreamTranscription
-from service.pipeline.threads import CpuThreads
-from service.recognition.beam import MissingDecoder, beam_pool
-from service.recognition.lanes import Cores
+from service.catalog import missing_variant
+from service.components import engines_status, entry_parts, load_engines
+from service.pipeline.client import Readiness
+from service.recognition.beam import MissingDecoder
 from service.recognition.recognizer import Recognizer, SegmentResult
 from service.remote import RemoteRecognizer
 from service.settings import Settings, SettingsError
@@ -140,71 +131,26 @@ class RecognizerService:
     """One ONNX Runtime session per served model, in one process (docs/benchmarks.md has the memory figures)."""
 
     def __init__(self) -> None:
-        self.engines: list[Recognizer] = []
-        cores = Cores(SETTINGS.lanes) if SETTINGS.lanes > 1 else None  # every CPU run of every model (lanes.py)
-        for model in _entries(self):
-            directory = Path(model.path)
-            try:
-                manifest = Manifest.read(directory)
-                engine = Recognizer(
-                    directory,
-                    manifest,
-                    SETTINGS.device,
-                    SETTINGS.ort_threads,
-                    SETTINGS.variant,
-                    SETTINGS.device_options,
-                    segment_samples(manifest, SETTINGS.segment_s),
-                    streaming=SETTINGS.realtime_sessions > 0,
-                    lanes=SETTINGS.lanes,
-                    cores=cores,
-                )
-            except Exception as exc:  # one clear line before BentoML's traceback; the service never turns ready
-                reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-                advice = "re-export it with `python -m export`"
-                log.error("cannot load model %s (%s): %s; %s", model.tag, directory, reason, advice)
-                raise
-            if not engine.not_ready_reason:
-                engine.warmup()
-            self.engines.append(engine)
-        log.info("recognizer ready=%s providers=%s", self._ready(), [e.providers for e in self.engines])
+        self.engines = load_engines(SETTINGS, _entries(self))
+        log.info("recognizer ready=%s providers=%s", self.status_now()["ready"], [e.providers for e in self.engines])
 
-    def _ready(self) -> bool:
-        return not any(e.not_ready_reason for e in self.engines)
+    def status_now(self) -> dict[str, Any]:
+        return engines_status(self.engines, SETTINGS.variant)
 
     async def __is_ready__(self) -> bool:
-        return self._ready()
+        return bool(self.status_now()["ready"])
 
     # async: answered on the event loop, never queued behind inference (sync APIs share BentoML's thread
     # limiter with the batch runs: under load a status call waited for seconds and readiness flapped)
     @bentoml.api
     async def status(self) -> dict[str, Any]:
-        reason = next((e.not_ready_reason for e in self.engines if e.not_ready_reason), "")
-        return {
-            "ready": self._ready(),
-            "reason": reason,
-            "permanent": not self._ready(),  # a model loaded without the device it was told to demand stays so
-            "providers": self.engines[0].providers,
-            "gpu": any(e.on_gpu for e in self.engines),  # the entry sizes a request's segments in flight by it
-            "models": [
-                {"providers": e.providers, "graph": e.graph_file, "variant": SETTINGS.variant or "fp32"}
-                for e in self.engines
-            ],
-        }
+        return self.status_now()
 
 
 RecognizerService.add_asgi_middleware(CancelOnDisconnect)  # type: ignore[attr-defined]
 # BentoML logs each call cancelled that way as an ERROR with two tracebacks; the request's own line says it.
 logging.getLogger("bentoml._internal.server.http_app").addFilter(AbandonedCallLog())
 READINESS = Readiness()  # what the entry last learnt of the recognizer; /readyz answers with it
-
-
-def _context(ctx: Any) -> tuple[Any, str, str]:
-    """The request's state, its media type (a parent service that depends on this one by import sends its
-    arguments pickled) and User-Agent (BentoML's clients and proxies say who they are)."""
-    if ctx is None:
-        return SimpleNamespace(), "", ""
-    headers = ctx.request.headers
-    return ctx.request.state, str(headers.get("content-type", "")), str(headers.get("user-agent", ""))
 
 
 @bentoml.asgi_app(openai_api.openai_app, path="/v1")
@@ -221,29 +167,14 @@ class Transcriber:
     recognizer = bentoml.depends(RecognizerService)
 
     def __init__(self) -> None:
-        s, entries = SETTINGS, _entries(self)
-        catalog = Catalog([ServedModel.from_store(e, _method(i), s.segment_s) for i, e in enumerate(entries)])
-        self.policy = Policy(catalog, DecodingRules(s.decoding, s.hotword_weight, s.max_hotwords, s.max_hotword_words))
+        methods = [_method(index) for index in range(len(MODELS))]
         client = RemoteRecognizer(lambda: self.recognizer)
-        self.recognition = Recognition(client, READINESS, s.batch_max_size, gpu=s.device == "cuda")
-        threads, vad = CpuThreads(), SileroVAD() if s.segmenter == "vad" else None
-        limits = Limits(
-            s.min_duration_s, s.max_duration_s, s.formats, s.require_sample_rate, s.require_mono, s.max_decoded_mb
-        )
-        models = [(m.name, m.tag, m.manifest, Path(e.path)) for m, e in zip(catalog.models, entries, strict=True)]
-        try:  # beam search's decoders, in their own processes (started at the first beam request, or now)
-            beams = beam_pool(models, s.beam_workers)
+        try:
+            parts = entry_parts(SETTINGS, _entries(self), methods, client, READINESS)
         except MissingDecoder as exc:
             _fail(str(exc))
-        if s.decoding == "beam":
-            beams.start()
-        self.files = FileTranscription(
-            self.recognition, limits, vad, threads, beams, FileSettings(s.vad_pad_s, s.min_pause_s, s.beam_width)
-        )
-        directories = {name: path for name, _, _, path in models}
-        streaming = StreamSettings(s.realtime_sessions, s.stream_chunk_s, s.stream_buffer_s)
-        self.streams = StreamTranscription(self.recognition, threads, directories, streaming, vad)
-        self.realtime_limits = SessionLimits(s.realtime_sessions, s.realtime_max_s, s.realtime_idle_s)
+        self.policy, self.recognition, self.files = parts.policy, parts.recognition, parts.files
+        self.streams, self.realtime_limits = parts.streams, parts.realtime_limits
         REQUEST_LOG.disabled = False  # under BentoML's logging set-up, done before this runs
         REQUEST_LOG.setLevel(logging.INFO)
 
@@ -277,7 +208,7 @@ class Transcriber:
             decoding=decoding,
             hotwords=hotwords,
         )
-        state, media, agent = _context(ctx)
+        state, media, agent = transcribe.caller(ctx)
         answer = await transcribe.transcribe(self, await anyio.Path(audio).read_bytes(), fields, state, media, agent)
         if ctx is not None and not isinstance(answer, Transcription):
             ctx.response.status_code = answer.status_code  # with a ctx parameter, BentoML sets the status from it
@@ -287,14 +218,7 @@ class Transcriber:
     async def status(self) -> dict[str, Any]:
         """The models served (the first is the default), the providers and readiness (with the reason when
         not ready)."""
-        default = self.policy.catalog.default
-        status = await self.recognition.status()
-        running = status.pop("models", [])
-        models = [
-            {**m.describe(), **(running[i] if i < len(running) else {"providers": [], "ready": False})}
-            for i, m in enumerate(self.policy.catalog.models)
-        ]
-        return {"model": default.tag, "language": default.language, **status, "models": models}
+        return self.policy.catalog.status(await self.recognition.status())
 
 
 openapi.install(Transcriber)  # /docs.json and the bento's apis/openapi.yaml: service/api/openapi.py

@@ -18,7 +18,7 @@ LAYERS = [
     {"service.catalog", "service.metrics"},
     {"service.pipeline"},
     {"service.api"},
-    {"service.settings", "service.patches", "service.remote", "service.service"},
+    {"service.settings", "service.patches", "service.remote", "service.components", "service.service"},
 ]
 # What export/ may import from service/: the model contract (manifest, tokens) and the pure decoding the export
 # proves equal to NeMo before anything is registered (greedy CTC, streaming's buffered CTC).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -37,6 +38,16 @@ class TranscribeFields(BaseModel):
 
 
 FIELDS = frozenset({FILE_FIELD, *TranscribeFields.model_fields})
+
+
+def caller(ctx: Any) -> tuple[Any, str, str]:
+    """BentoML's request context -> the request's state, its media type (a parent service that depends on this
+    one by import sends its arguments pickled) and its User-Agent (BentoML's clients and proxies say who they
+    are). No context (called in process): a state of its own."""
+    if ctx is None:
+        return SimpleNamespace(), "", ""
+    headers = ctx.request.headers
+    return ctx.request.state, str(headers.get("content-type", "")), str(headers.get("user-agent", ""))
 
 
 async def answer_form(scope: Scope, form: Any) -> Response:
