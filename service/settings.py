@@ -30,9 +30,8 @@ class Settings:
     # ONNX Runtime intra-op threads; 0 lets ORT choose (one per core).
     ort_threads: int = 0
     # CPU: segments waiting together may run side by side, one thread each, in this many lanes (a second,
-    # single-thread session of the graph: for the medium model ~190 MB more at start, ~440 MB after 30-s
-    # segments in both lanes), when the recognizer measures at start that this beats one run on every core.
-    # 0: ASR_ORT_THREADS, else one per core. 1: off.
+    # single-thread session of the graph; its memory: docs/benchmarks.md), when the recognizer measures at
+    # start that this beats one run on every core. 0: ASR_ORT_THREADS, else one per core. 1: off.
     cpu_lanes: int = 0
     # GPU: let fp32 matrix products use TF32 (Ampere and later; faster, no longer bit-faithful to the CPU graph).
     allow_tf32: bool = False

@@ -147,3 +147,27 @@ def test_export_takes_only_the_contract_from_service_and_service_never_imports_e
 def test_the_checks_find_what_they_look_for(edges: dict[str, set[str]], problem: str | None) -> None:
     assert bool(cycles(edges)) == (problem == "circle")
     assert bool(upward(edges)) == (problem == "upward")
+
+
+def rendered() -> str:
+    """The import graph of service/ as docs/architecture.md shows it: module -> what it imports (prefix left out)."""
+    edges = graph()
+
+    def short(name: str) -> str:
+        return name.removeprefix("service.") if name != "service" else "(package)"
+
+    lines = []
+    for name in sorted(n for n in edges if n.startswith("service.")):
+        targets = sorted(short(t) for t in edges[name] if t.startswith("service.") and not t.endswith("__init__"))
+        lines.append(f"{short(name)} -> {', '.join(targets) or '-'}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_architecture_page_shows_the_graph_as_it_is() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    shown = page.split("<!-- import graph -->\n```text\n", 1)[1].split("```", 1)[0]
+    assert shown == rendered(), "docs/architecture.md's import graph is stale: python -m tests.test_architecture"
+
+
+if __name__ == "__main__":
+    print(rendered(), end="")

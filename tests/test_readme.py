@@ -52,6 +52,30 @@ def test_client_example(server_and_dir: tuple[Server, Path]) -> None:
     assert len(lines) >= 2 and re.match(r"\s*\d+\.\d\d\s+\d+\.\d\d\s+\d\.\d\d \S", lines[1])
 
 
+def test_openai_example(server_and_dir: tuple[Server, Path]) -> None:
+    server, work = server_and_dir
+    code = example("openai").replace("http://127.0.0.1:3000", server.url)
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import httpx
+
+    with open(work / "speech.wav", "rb") as audio:
+        want = httpx.post(server.url + "/transcribe", files={"audio": audio}, timeout=60).json()["text"]
+    assert out.stdout.removesuffix("\n") == want
+
+
+def test_realtime_example(server_and_dir: tuple[Server, Path]) -> None:
+    """The realtime block streams speech.wav in 100-ms pieces, commits, prints the deltas and the transcript:
+    the deltas add up to it."""
+    server, work = server_and_dir
+    code = example("realtime").replace("http://127.0.0.1:3000", server.url)
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    deltas, transcript = [line.removeprefix("... ") for line in lines[:-1]], lines[-1]
+    assert transcript.strip() and deltas and "".join(deltas) == transcript
+
+
 def test_quick_start_commands_exist() -> None:
     assert "bash scripts/serve.sh" in README and "bash scripts/test.sh" in README
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec bash scripts/test.sh")
@@ -161,12 +185,38 @@ def test_several_models_example_runs_offline_as_written(tmp_path: Path) -> None:
     ]
 
 
-def test_layout_names_files_that_exist_and_every_module() -> None:
-    """The Layout table lists existing paths, and every service module is in it."""
-    table = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    named = {
-        p for row in table.splitlines() if row.startswith("| `") for p in re.findall(r"`([^`]+)`", row.split("|")[1])
-    }
+def test_architecture_page_names_files_that_exist_and_every_module() -> None:
+    """docs/architecture.md's folder listing names existing files only, and every module of service/ and
+    export/."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = page.split("## The folders", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    named, folder = set(), ""
+    for line in block.splitlines():
+        head = re.split(r"\s{2,}", line.strip())[0]
+        if not line.startswith(" "):
+            folder = head
+            continue
+        named |= {folder + name.strip() for name in head.split(",")}
     assert named and not [p for p in named if not (ROOT / p).exists()]
-    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "service").rglob("*.py") if p.name != "__init__.py"}
+    modules = {
+        p.relative_to(ROOT).as_posix()
+        for top in ("service", "export")
+        for p in (ROOT / top).rglob("*.py")
+        if p.name != "__init__.py"
+    }
     assert not modules - named, modules - named
+
+
+def test_every_code_block_of_the_readme_is_an_example_a_test_runs() -> None:
+    """Each fenced code block but the quick start, the quoted line and the deployment commands is marked as an
+    example, and each marked example is run by a test (this module, test_beam, test_clients, test_realtime)."""
+    blocks = re.findall(r"(<!-- example: ([\w ]+) -->\n)?```(\w+)\n", README)
+    unmarked = [lang for marker, _, lang in blocks if not marker]
+    assert unmarked == ["bash", "text", "bash"], unmarked  # quick start, the offline line, deployment
+    runners = " ".join(
+        (ROOT / "tests" / f).read_text(encoding="utf-8")
+        for f in ("test_readme.py", "test_beam.py", "test_clients.py", "test_realtime.py")
+    )
+    for _, name, _ in blocks:
+        if name:
+            assert f'example("{name}")' in runners or f"example: {name} -->" in runners, name

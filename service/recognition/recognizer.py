@@ -154,9 +154,8 @@ class Recognizer:
                 "ASR_IMAGE_TENSORRT=1)"
             )
         self._check_io()
-        # On CPU, several items in one session run cost more than running them one after another (measured with
-        # the medium model on 2 cores: length-sorted batches of 2 ran at 0.63x, of 4 at 0.40x the audio per
-        # second of single runs; docs/benchmarks.md). A GPU gains from batching: there, similar lengths share a run.
+        # On CPU, several items in one session run cost more than running them one after another (docs/
+        # benchmarks.md, "Batching does not pay on a CPU"). A GPU gains from batching: similar lengths share a run.
         self.single_runs = not self.on_gpu
         self.shapes = fixed if (self.on_gpu if shapes is None else shapes) else None
         self.head = None

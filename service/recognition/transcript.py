@@ -18,11 +18,7 @@ from service.recognition.recognizer import SegmentResult
 from service.recognition.tokens import Detokenizer
 
 # CTC emits a character at a peak of one or two frames, and the sound of a word's last character goes on past
-# it: measured with the demo model (demo/) on 82 held-out words spoken with known spans (tests/
-# test_demo_model.py), word ends were 41 ms early on average (starts 32 ms late) and 70 of 82 words had both
-# edges within 0.12 s; with the end one frame (40 ms) later, 80 of 82. Offline the same held at 20 and 10 dB
-# SNR of white noise or tones; snapping edges to the signal's energy did as well on clean audio but failed
-# in babble (36 of 68 words).
+# it: a word ends one frame after its last token's frames (how that was chosen: docs/accuracy.md, "Word times").
 END_PAD_FRAMES = 1
 
 
