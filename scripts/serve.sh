@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export BENTOML_DO_NOT_TRACK=${BENTOML_DO_NOT_TRACK:-True}
+# two malloc arenas per process, as the bento's image has it (bentofile.yaml envs; docs/operations.md, "Memory")
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 DEFAULT_MODEL=stt_hi_conformer_ctc_medium:latest
 DEMO_NAME=stt_hi_demo_conformer_ctc
 DEMO_CHECKPOINT=demo/$DEMO_NAME.nemo

@@ -2,6 +2,7 @@
 # Sets up everything the project needs on a fresh Debian machine: system packages (espeak-ng and sox for
 # test speech, libsndfile), a virtualenv in .venv with torch (CPU build first: a bare `torch` requirement
 # would pull a multi-GB CUDA build), NeMo, BentoML, ONNX Runtime and the dev tools. Idempotent.
+# BentoML: the newest 1.4 release that resolves, or BENTOML_VERSION (e.g. BENTOML_VERSION=1.4.39).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ fi
 PYTHON=${PYTHON:-python3}
 # Nothing to do when the environment was made from these very files (the stamp is a hash of them): a start of
 # scripts/serve.sh then costs no time and prints nothing.
-stamp=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+stamp=$( (cat pyproject.toml scripts/setup.sh; echo "bentoml ${BENTOML_VERSION:-newest}") | sha256sum | cut -d' ' -f1)
 # KenLM's Python module (n-gram LMs in beam search): PyPI has only its source, so it is built here once (g++)
 # into build/wheels, installed from there, and packed into bentos from there (bentofile.yaml `wheels`).
 kenlm_wheel=build/wheels/kenlm-0.3.0-cp311-cp311-linux_x86_64.whl
@@ -35,9 +36,12 @@ export PYTHONWARNINGS=ignore
 mkdir -p build/wheels
 [ -f "$kenlm_wheel" ] || .venv/bin/python -m pip wheel -q --no-deps "kenlm==0.3.0" -w build/wheels
 .venv/bin/python -m pip install -q --find-links build/wheels -e ".[export,test]"
-# Beam search's decoder. pyctcdecode 0.5.0 declares numpy<2 but runs on NumPy 2 (the whole suite runs it
-# there); without --no-deps pip would downgrade NumPy under everything else. The image does the same
-# (scripts/image_setup.sh).
-.venv/bin/python -m pip install -q --no-deps "pyctcdecode==0.5.0" 2>&1 | grep -v "dependency resolver\|requires numpy" || true
+# the newest BentoML 1.4 (pip keeps an older one that already satisfies the range), or the one asked for
+bentoml_wanted="bentoml>=1.4.39,<1.5"
+[ -z "${BENTOML_VERSION:-}" ] || bentoml_wanted="bentoml==$BENTOML_VERSION"
+.venv/bin/python -m pip install -q --upgrade "$bentoml_wanted"
+# pyctcdecode 0.5.0, the beam search decoder ours replaced, as the tests' reference (tests/test_prefix_search.py)
+# only: it declares numpy<2 (it runs on NumPy 2), so without --no-deps pip would downgrade NumPy under the rest.
+.venv/bin/python -m pip install -q --no-deps "pyctcdecode==0.5.0" pygtrie 2>&1 | grep -v "dependency resolver\|requires numpy" || true
 echo "$stamp" > .venv/.setup-stamp
 echo "setup: ready (.venv)" >&2

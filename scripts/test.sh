@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the whole suite: lint, types, tests (servers, bento and container included).
+# Sets everything up, then runs the whole suite: lint, types, tests (servers, bento and container included), on
+# the newest BentoML 1.4 release and, for the patches and one served end to end, on the oldest supported one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +13,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+# the oldest supported BentoML (1.4.39) in a runtime-only virtualenv: the patches' tests and a real serve
+bash scripts/oldest_bentoml.sh

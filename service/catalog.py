@@ -80,21 +80,31 @@ def segment_samples(manifest: Manifest, segment_s: float) -> int:
     return min(wanted, manifest.max_segment_samples)
 
 
-def missing_variant(variant: str, entries: list[Any]) -> str:
-    """Why ASR_VARIANT cannot be served ("" when every store entry has it): refused at start-up, not at the
-    first request."""
-    if not variant:
-        return ""
+def start_problem(tags: list[str], variant: str, entries: list[Any]) -> str:
+    """What makes the served models unservable, known before any worker starts ("" when nothing): a name listed
+    twice, an ASR_VARIANT a model lacks, an n-gram LM without KenLM installed. Checked when `bentoml serve`
+    imports the service, so that it stops with the reason instead of restarting workers that cannot start."""
+    import importlib.util
+
+    names = [tag.split(":")[0] for tag in tags]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"model name(s) {', '.join(twice)} listed more than once in ASR_MODELS; serve one version of each"
     for entry in entries:
         try:
-            variants = Manifest.read(Path(entry.stored.path)).variants
+            manifest = Manifest.read(Path(entry.stored.path))
         except Exception:
             continue  # a missing or unreadable model is reported by BentoML and the recognizer, by name
-        if variant not in variants:
-            has = ", ".join(sorted(variants)) or "none"
+        if variant and variant not in manifest.variants:
+            has = ", ".join(sorted(manifest.variants)) or "none"
             return (
                 f"ASR_VARIANT={variant!r}: model {entry.tag} has no {variant} variant (it has: {has}); export it "
                 f"with `python -m export ... --variants {variant}` or unset ASR_VARIANT"
+            )
+        if manifest.decoder.lm_file and importlib.util.find_spec("kenlm") is None:
+            return (
+                f"model {entry.tag} has an n-gram LM ({manifest.decoder.lm_file}) and KenLM's Python module is not "
+                "installed: pip install kenlm==0.3.0 (it builds with g++), or export the model without --lm"
             )
     return ""
 

@@ -1,10 +1,12 @@
-"""Fixes to BentoML 1.4.39's serving path and to the worker processes, applied when service.py is imported
-(in every worker). Each one is a measured problem; tests/test_patches.py shows each (stock BentoML fails it).
+"""What the service changes inside BentoML 1.4, applied when service.py is imported (in every process). Each
+change answers a measured problem (docs/bentoml-patches.md: the problem, BentoML's issue, the minimal upstream
+change); tests/test_patches.py shows each (stock BentoML fails it).
 
-Every patch replaces code of one BentoML release. Before anything is patched, `apply()` checks the installed
-BentoML's version and the source of every function a patch replaces or wraps (a SHA-256 of
-`inspect.getsource`); on any difference the service refuses to start with one line naming the function,
-instead of failing at request time. Upgrading BentoML means re-reading each patch against the new code.
+Every change is guarded by the source it relies on: the SHA-256 of `inspect.getsource` of every BentoML
+function, method and class it replaces, wraps, reads or calls. A change whose sources all match is applied; one
+whose source differs (a newer BentoML) is skipped with one warning line naming it and the behaviour lost, and
+`POST /status` lists it as skipped: the service still starts and answers correctly, without that change. No
+BentoML version is checked: any 1.4 release whose code these match gets every change.
 """
 
 from __future__ import annotations
@@ -13,29 +15,58 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import JSONResponse
 
-BENTOML_VERSION = "1.4.39"
-# The code each patch was written for: qualified name -> first 16 hex digits of sha256(inspect.getsource(...)).
-REPLACED = {
-    "bentoml._internal.marshal.dispatcher.Optimizer.trigger_refresh": "f87e72c1c3570482",
-    "bentoml._internal.marshal.dispatcher.CorkDispatcher.train_optimizer": "311114504896b3fb",
-    "bentoml._internal.marshal.dispatcher.CorkDispatcher.inbound_call": "2c6278ea11900d05",
-    "bentoml._internal.marshal.dispatcher.CorkDispatcher.__init__": "5a214027709d1a3d",
-    "_bentoml_sdk.io_models.IOMixin.mime_type": "babaa4832e83deb7",
-    "bentoml._internal.server.http.traffic.TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
-    "bentoml._internal.utils.filesystem.TempfilePool.release": "7ac0cb70fe0a86e8",
+_D = "bentoml._internal.marshal.dispatcher."
+_TRAFFIC = "bentoml._internal.server.http.traffic."
+_APP = "_bentoml_impl.server.app.ServiceAppFactory."
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    relies_on: tuple[str, ...]  # qualified names of the BentoML code it replaces, wraps, reads or calls
+    lost: str  # what the service does without it
+    install: Callable[[], None] | None = None  # None: service.py applies it where it builds the services
+
+
+# The source each change was written against: qualified name -> first 16 hex digits of sha256(getsource(...)),
+# the same for BentoML 1.4.39 and 1.4.40.
+FINGERPRINTS = {
+    _D + "Optimizer.__init__": "acf2d03cbbc941e3",
+    _D + "Optimizer.trigger_refresh": "f87e72c1c3570482",
+    _D + "NonBlockSema": "83ea37b766b1bf2d",
+    _D + "Job": "2718b4d55793d8d7",
+    _D + "CorkDispatcher.__init__": "5a214027709d1a3d",
+    _D + "CorkDispatcher.__call__": "3e2f9292f85395f7",
+    _D + "CorkDispatcher._loop": "072566421b2a7c3d",
+    _D + "CorkDispatcher._wake_event": "14a792e17f7b019c",
+    _D + "CorkDispatcher.train_optimizer": "311114504896b3fb",
+    _D + "CorkDispatcher.controller": "dafc788663463402",
+    _D + "CorkDispatcher.inbound_call": "2c6278ea11900d05",
+    _D + "CorkDispatcher.outbound_call": "d380666220b880ef",
+    _D + "CorkDispatcher._get_inputs": "b8ca45c90a0f5c76",
+    _D + "CorkDispatcher.split_job": "0adc9fb8c1b42bcd",
+    _TRAFFIC + "TimeoutMiddleware.__init__": "657435a0bd7f971c",
+    _TRAFFIC + "TimeoutMiddleware._set_timer_out": "adfa8eb6f3b2de7d",
+    _TRAFFIC + "TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
+    _TRAFFIC + "MaxConcurrencyMiddleware.__call__": "39242bfcfef6f48a",
+    "bentoml._internal.utils.filesystem.TempfilePool": "50729c5a9dd04025",
+    "bentoml._internal.context.request_temp_dir": "1bba63c0aeaf76b8",
     "bentoml._internal.context.ServiceContext.in_request": "17f83b1eb008c3c4",
     "bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware.__init__": "3a7dbff10bd460e2",
     "bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware.__call__": "b7dc25ae0208d7b2",
+    "_bentoml_sdk.service.factory.Service.openapi_spec": "38e7c8ebe6734bda",
+    _APP + "openapi_spec_view": "ca9d789d8db5aba2",
+    "bentoml._internal.bento.bento.Bento.create": "3933ace9b991b2f8",
+    _APP + "api_endpoint_wrapper": "18842e99e6086c0f",
+    "bentoml._internal.server.http_app.log_exception": "8e37ab2b4433dff1",
 }
-
-
-class PatchMismatch(RuntimeError):
-    """The installed BentoML is not the code these patches were written for."""
 
 
 def _resolve(qualified: str) -> Any:
@@ -48,39 +79,44 @@ def _resolve(qualified: str) -> Any:
         except ImportError:
             continue
         for attr in parts[cut:]:
-            obj = getattr(obj, attr)
+            obj = inspect.getattr_static(obj, attr) if inspect.isclass(obj) else getattr(obj, attr)
         return obj
     raise ImportError(qualified)
 
 
 def fingerprint(obj: Any) -> str:
+    """The first 16 hex digits of the SHA-256 of the object's source (a property's getter, a classmethod's
+    function)."""
+    if isinstance(obj, property):
+        obj = obj.fget
+    if isinstance(obj, (classmethod, staticmethod)):
+        obj = obj.__func__
+    if isinstance(obj, functools.cached_property):
+        obj = obj.func
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
 
 
-def check(version: str | None = None, replaced: dict[str, str] | None = None) -> None:
-    """Raise PatchMismatch unless BentoML is the release and code the patches were written for."""
-    import bentoml
-
-    version = version or bentoml.__version__
-    if version != BENTOML_VERSION:
-        raise PatchMismatch(
-            f"service/patches.py was written for BentoML {BENTOML_VERSION}, but {version} is installed: "
-            f"install bentoml=={BENTOML_VERSION} or re-check every patch against the new release"
-        )
-    for name, digest in (replaced or REPLACED).items():
-        try:
-            found = fingerprint(_originals.get(name) or _resolve(name))
-        except (ImportError, AttributeError, OSError, TypeError):
-            found = "missing"
-        if found != digest:
-            raise PatchMismatch(
-                f"BentoML's {name} is not the code service/patches.py was written for "
-                f"(source {found}, expected {digest}): re-check the patch before serving"
-            )
+def source_of(qualified: str) -> str:
+    """The fingerprint of the installed BentoML's code under that name ("missing" when it has none)."""
+    try:
+        return fingerprint(_originals.get(qualified) or _resolve(qualified))
+    except (ImportError, AttributeError, OSError, TypeError):
+        return "missing"
 
 
-_applied = False
-_originals: dict[str, Any] = {}  # the replaced code, kept so that check() still reads it once patched
+def mismatch(patch: Patch, fingerprints: dict[str, str] | None = None) -> str:
+    """Why `patch` cannot be applied to the installed BentoML ("" when every source it relies on matches)."""
+    wanted = FINGERPRINTS if fingerprints is None else fingerprints
+    for name in patch.relies_on:
+        found = source_of(name)
+        if found != wanted.get(name):
+            return f"BentoML's {name} is not the code it was written for (source {found}, expected {wanted.get(name)})"
+    return ""
+
+
+_originals: dict[str, Any] = {}  # the code as found, kept so that checks still read it once patched
+STATUS: dict[str, str] = {}  # patch name -> "applied" or "skipped"
+REASONS: dict[str, str] = {}  # patch name -> why it was skipped
 # The paths the service answers, for BentoML's HTTP metrics labels (service.py fills it in): any other path is
 # counted under "other". Entries ending in "/" (but "/" itself) are prefixes of a family (/v1/models/{id}).
 known_paths: set[str] = set()
@@ -90,34 +126,40 @@ concurrent_batches = 1
 on_dropped: Callable[[int], None] = lambda count: None  # noqa: E731
 
 
-def apply() -> None:
-    global _applied
-    if _applied:
-        return
-    check()
-    _originals.update({name: _resolve(name) for name in REPLACED})
-    _limit_malloc_arenas()
-    _never_cork()
-    _concurrent_batches()
-    _cache_mime_types()
-    _drop_abandoned_jobs()
-    _release_timeout_timers()
-    _remove_request_dirs()
-    _fold_unknown_paths()
-    _applied = True
+def apply(fingerprints: dict[str, str] | None = None, announce: bool = True) -> dict[str, str]:
+    """Apply every patch whose sources match (once per process); warn once per skipped patch. -> STATUS."""
+    if STATUS:
+        return STATUS
+    for name in {n for patch in PATCHES for n in patch.relies_on}:
+        with contextlib.suppress(ImportError, AttributeError):
+            _originals.setdefault(name, _resolve(name))
+    for patch in PATCHES:
+        why = mismatch(patch, fingerprints)
+        if why:
+            STATUS[patch.name], REASONS[patch.name] = "skipped", why
+            if announce:
+                print(
+                    f"warning: BentoML patch {patch.name!r} skipped: {why}; {patch.lost}", file=sys.stderr, flush=True
+                )
+            continue
+        if patch.install is not None:
+            patch.install()
+        STATUS[patch.name] = "applied"
+    return STATUS
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that allocates its own malloc arena; BentoML's thread pools and ONNX Runtime's
-    varying tensor shapes then fragment ~300 MB more per worker (measured: recognizer RSS 1,135 MB -> 893 MB
-    after 512 requests). Same effect as MALLOC_ARENA_MAX=2, which would be read too late from here."""
-    import ctypes
-    import ctypes.util
+def applied(name: str) -> bool:
+    return STATUS.get(name) == "applied"
 
-    name = ctypes.util.find_library("c")
-    if name and "musl" not in name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
+
+def report() -> list[dict[str, str]]:
+    """Each patch, applied or skipped (with why and what is lost), for /status."""
+    return [
+        {"name": p.name, "status": "skipped", "lost": p.lost, "reason": REASONS.get(p.name, "not applied")}
+        if STATUS.get(p.name) != "applied"
+        else {"name": p.name, "status": "applied"}
+        for p in PATCHES
+    ]
 
 
 def _never_cork() -> None:
@@ -159,23 +201,6 @@ def _concurrent_batches() -> None:
             self._sema = dispatcher.NonBlockSema(concurrent_batches)
 
     dispatcher.CorkDispatcher.__init__ = __init__  # type: ignore[method-assign]
-
-
-def _cache_mime_types() -> None:
-    """BentoML 1.4.39 works out the media type of every answer of an API returning a list or a plain value from
-    its type's JSON schema, built anew each time (a pydantic TypeAdapter and its schema): ~0.6 ms of the
-    recognizer's CPU per batch call, for a result that never changes. Here it is worked out once per type."""
-    from _bentoml_sdk.io_models import IOMixin
-
-    found: dict[type, str] = {}
-    mime_type = IOMixin.mime_type.__func__  # type: ignore[attr-defined]
-
-    def cached(cls: type) -> str:
-        if cls not in found:
-            found[cls] = mime_type(cls)
-        return found[cls]
-
-    IOMixin.mime_type = classmethod(cached)  # type: ignore[method-assign,assignment]
 
 
 def _drop_abandoned_jobs() -> None:
@@ -311,3 +336,101 @@ def _fold_unknown_paths() -> None:
 
     middleware.__init__ = patched_init  # type: ignore[method-assign]
     middleware.__call__ = patched_call  # type: ignore[method-assign]
+
+
+PATCHES = [
+    Patch(
+        "never_cork",
+        (
+            _D + "Optimizer.__init__",
+            _D + "Optimizer.trigger_refresh",
+            _D + "CorkDispatcher.train_optimizer",
+            _D + "CorkDispatcher.controller",
+        ),
+        "a lone request may wait in the batch queue for company, up to the mean wait of recent batches",
+        _never_cork,
+    ),
+    Patch(
+        "concurrent_batches",
+        (
+            _D + "NonBlockSema",
+            _D + "CorkDispatcher.__init__",
+            _D + "CorkDispatcher.controller",
+            _D + "CorkDispatcher.train_optimizer",
+            _D + "CorkDispatcher.outbound_call",
+        ),
+        "the recognizer's batch queue runs one batch at a time: a CPU lane may idle while segments wait",
+        _concurrent_batches,
+    ),
+    Patch(
+        "drop_abandoned_jobs",
+        (
+            _D + "Job",
+            _D + "CorkDispatcher.__init__",
+            _D + "CorkDispatcher.__call__",
+            _D + "CorkDispatcher._loop",
+            _D + "CorkDispatcher._wake_event",
+            _D + "CorkDispatcher.inbound_call",
+            _D + "CorkDispatcher.controller",
+            _D + "CorkDispatcher.train_optimizer",
+            _D + "CorkDispatcher._get_inputs",
+            _D + "CorkDispatcher.split_job",
+        ),
+        "abandoned requests' segments will run (a client that hung up still costs the recognizer its audio)",
+        _drop_abandoned_jobs,
+    ),
+    Patch(
+        "release_timeout_timers",
+        (
+            _TRAFFIC + "TimeoutMiddleware.__init__",
+            _TRAFFIC + "TimeoutMiddleware._set_timer_out",
+            _TRAFFIC + "TimeoutMiddleware.__call__",
+        ),
+        "each answered request stays in memory until BentoML's timeout fires; an abandoned request holds a "
+        "concurrency slot until then (spurious 429s for healthy clients)",
+        _release_timeout_timers,
+    ),
+    Patch(
+        "remove_request_dirs",
+        (
+            "bentoml._internal.utils.filesystem.TempfilePool",
+            "bentoml._internal.context.request_temp_dir",
+            "bentoml._internal.context.ServiceContext.in_request",
+        ),
+        "BentoML's empty bentoml-request-* folders stay in the temporary directory until shutdown",
+        _remove_request_dirs,
+    ),
+    Patch(
+        "fold_unknown_paths",
+        (
+            "bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware.__init__",
+            "bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware.__call__",
+        ),
+        "BentoML's HTTP metrics get a series for every path a client tries (/metrics grows without bound)",
+        _fold_unknown_paths,
+    ),
+    Patch(
+        "openapi_document",
+        (
+            "_bentoml_sdk.service.factory.Service.openapi_spec",
+            _APP + "openapi_spec_view",
+            "bentoml._internal.bento.bento.Bento.create",
+        ),
+        "/docs.json and the bento's apis/openapi.yaml are BentoML's own document (which fails on /transcribe's "
+        "answer type)",
+    ),
+    Patch(
+        "quiet_abandoned_calls",
+        ("bentoml._internal.server.http_app.log_exception", _APP + "api_endpoint_wrapper"),
+        "each batch call cancelled because its caller went away is logged as an ERROR with two tracebacks",
+    ),
+    Patch(
+        "bentoml_error_bodies",
+        (
+            _APP + "api_endpoint_wrapper",
+            _TRAFFIC + "MaxConcurrencyMiddleware.__call__",
+            _TRAFFIC + "TimeoutMiddleware.__call__",
+        ),
+        "BentoML's own error bodies are wrapped whole in ours ({error, message}) instead of read field by field",
+    ),
+]

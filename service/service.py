@@ -23,10 +23,9 @@ from service.api.forms import FormRoute
 from service.api.guard import RequestGuard
 from service.api.requestlog import REQUEST_LOG
 from service.api.schemas import Transcription
-from service.catalog import missing_variant
+from service.catalog import start_problem
 from service.components import engines_status, entry_parts, load_engines
 from service.pipeline.client import Readiness
-from service.recognition.beam import MissingDecoder
 from service.recognition.recognizer import Recognizer, SegmentResult
 from service.remote import RemoteRecognizer
 from service.settings import Settings, SettingsError
@@ -45,15 +44,15 @@ def _fail(message: str) -> None:
 # At import, in every process: BentoML builds its batch queues with the app, before any service instance exists
 # (a patch applied later is lost), and a setting that cannot work must stop `bentoml serve` in the process that
 # imports this module to find the services, not in workers BentoML would restart forever.
+patches.apply(announce=bentoml.server_context.worker_index is None)  # a skipped patch is said once, at start
 try:
-    patches.apply()
     SETTINGS = Settings.from_env()
-except (SettingsError, patches.PatchMismatch) as _exc:
+except SettingsError as _exc:
     _fail(str(_exc))
 # At class scope (below), so that `bentoml build` records (and containers carry) every model.
 MODELS = [bentoml.models.BentoModel(tag) for tag in SETTINGS.served_tags(bentoml.use_arguments())]
-if _missing := missing_variant(SETTINGS.variant, MODELS):
-    _fail(_missing)
+if _problem := start_problem([str(m.tag) for m in MODELS], SETTINGS.variant, MODELS):
+    _fail(_problem)
 
 
 def _method(index: int, kind: str = "infer") -> str:
@@ -148,8 +147,8 @@ class RecognizerService:
 
 
 RecognizerService.add_asgi_middleware(CancelOnDisconnect)  # type: ignore[attr-defined]
-# BentoML logs each call cancelled that way as an ERROR with two tracebacks; the request's own line says it.
-logging.getLogger("bentoml._internal.server.http_app").addFilter(AbandonedCallLog())
+if patches.applied("quiet_abandoned_calls"):  # BentoML logs each call cancelled that way with two tracebacks
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(AbandonedCallLog())
 READINESS = Readiness()  # what the entry last learnt of the recognizer; /readyz answers with it
 
 
@@ -169,10 +168,7 @@ class Transcriber:
     def __init__(self) -> None:
         methods = [_method(index) for index in range(len(MODELS))]
         client = RemoteRecognizer(lambda: self.recognizer)
-        try:
-            parts = entry_parts(SETTINGS, _entries(self), methods, client, READINESS)
-        except MissingDecoder as exc:
-            _fail(str(exc))
+        parts = entry_parts(SETTINGS, _entries(self), methods, client, READINESS)
         self.policy, self.recognition, self.files = parts.policy, parts.recognition, parts.files
         self.streams, self.realtime_limits = parts.streams, parts.realtime_limits
         REQUEST_LOG.disabled = False  # under BentoML's logging set-up, done before this runs
@@ -218,10 +214,11 @@ class Transcriber:
     async def status(self) -> dict[str, Any]:
         """The models served (the first is the default), the providers and readiness (with the reason when
         not ready)."""
-        return self.policy.catalog.status(await self.recognition.status())
+        return {**self.policy.catalog.status(await self.recognition.status()), "patches": patches.report()}
 
 
-openapi.install(Transcriber)  # /docs.json and the bento's apis/openapi.yaml: service/api/openapi.py
+if patches.applied("openapi_document"):
+    openapi.install(Transcriber)  # /docs.json and the bento's apis/openapi.yaml: service/api/openapi.py
 Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_body=SETTINGS.max_upload_bytes,
@@ -234,4 +231,5 @@ Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     max_concurrency=SETTINGS.max_concurrency,
     timeout_s=SETTINGS.timeout_s,
     readiness=READINESS,
+    read_bentoml_bodies=patches.applied("bentoml_error_bodies"),
 )

@@ -33,7 +33,8 @@ class Server:
         self.port = free_port()
         self.script = script  # run this script (with HOST/PORT set) instead of `bentoml serve` directly
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
+        # MALLOC_ARENA_MAX as scripts/serve.sh and the bento's image set it
+        self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "MALLOC_ARENA_MAX": "2", **env}
         # Each server gets its own BENTOML_HOME (sharing the model store): `bentoml serve` wipes
         # $BENTOML_HOME/prometheus_multiproc_dir at start, so servers sharing a home lose each other's metrics.
         shared = Path(self.env.get("BENTOML_HOME", Path.home() / "bentoml"))

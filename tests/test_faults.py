@@ -121,6 +121,7 @@ def test_a_failing_model_run_is_503_unavailable(tiny_bpe: Exported, tmp_path: Pa
         ({"ASR_MAX_CONCURRENCY": "0"}, "error: ASR_MAX_CONCURRENCY=0: requests in flight must be at least 1"),
         ({"ASR_SEGMENT_S": "-1"}, "error: ASR_SEGMENT_S=-1.0: must not be negative"),
         ({"ASR_VARIANT": "int8"}, "has no int8 variant (it has: none)"),
+        ({"ASR_MODELS": "TAG,TAG"}, "listed more than once in ASR_MODELS"),
     ],
 )
 def test_settings_that_cannot_work_stop_the_start(
@@ -132,6 +133,7 @@ def test_settings_that_cannot_work_stop_the_start(
 
     from tests.server import BENTOML, ROOT
 
+    env = {k: v.replace("TAG", tiny_bpe.tag) for k, v in env.items()}
     full = {**os.environ, "ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "BENTOML_DO_NOT_TRACK": "True", **env}
     run = subprocess.run(
         [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", "0"],

@@ -133,7 +133,7 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     names = {line.split("==")[0].split("[")[0].strip() for line in requirements.splitlines() if line.strip()}
     assert not names & set(FORBIDDEN), names
     assert "onnxruntime-gpu" in names and all("==" in line for line in requirements.splitlines() if line.strip())
-    # KenLM (n-gram LMs) as the wheel setup.sh built; pyctcdecode comes from the image's setup script
+    # KenLM (n-gram LMs) as the wheel setup.sh built; beam search itself is the service's own code
     assert [w.name for w in (path / "env" / "python" / "wheels").iterdir()] == [
         "kenlm-0.3.0-cp311-cp311-linux_x86_64.whl"
     ]

@@ -46,9 +46,13 @@ class RequestGuard:
         max_concurrency: int,
         timeout_s: float,
         readiness: Readiness,
+        read_bentoml_bodies: bool = True,
     ) -> None:
         self.app, self.max_body, self.routes = app, max_body, routes
         self.max_concurrency, self.timeout_s, self.readiness = max_concurrency, timeout_s, readiness
+        # BentoML's own error bodies read field by field (their shapes are checked at start: service/patches.py);
+        # else wrapped whole
+        self.read_bentoml_bodies = read_bentoml_bodies
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,7 +155,7 @@ class RequestGuard:
                 reason = self.readiness.reason or "the recognizer is not ready yet"
                 await send_json(send, 503, {"error": "not_ready", "message": reason}, retry)
                 return
-            body = reshape_error(status, raw, style)
+            body = reshape_error(status, raw, style, self.read_bentoml_bodies)
             if body is None:  # already our shape: only make sure a 503 says when to retry (if waiting can help)
                 permanent = self.readiness.permanent and b'"not_ready"' in raw
                 has = any(k.lower() == b"retry-after" for k, _ in start.get("headers", []))

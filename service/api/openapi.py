@@ -182,6 +182,21 @@ def _operations() -> dict[str, Any]:
             "permanent": {"type": "boolean", "description": "true when waiting will not make it ready"},
             "providers": {"type": "array", "items": {"type": "string"}},
             "models": {"type": "array", "items": {"type": "object"}, "description": "each served model"},
+            "patches": {
+                "type": "array",
+                "description": "each change to BentoML's internals: applied, or skipped (the installed BentoML's "
+                "code is not what it was written for) with the reason and what the service does without it",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "status"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "status": {"type": "string", "enum": ["applied", "skipped"]},
+                        "lost": {"type": "string"},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
         },
     }
     probe = {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}

@@ -50,16 +50,19 @@ def error_code(body: bytes, status: int) -> str:
     return STATUS_CODES.get(status, "error")
 
 
-def reshape_error(status: int, body: bytes, style: str = "asr") -> dict[str, Any] | None:
-    """BentoML's error body -> ours (in the route's style); None when it already has that shape."""
+def reshape_error(status: int, body: bytes, style: str = "asr", read_fields: bool = True) -> dict[str, Any] | None:
+    """BentoML's error body -> ours (in the route's style); None when it already has that shape. `read_fields`:
+    read BentoML's 1.4 shapes (a list, a validation `detail`); else its body is the message, whole."""
     try:
         data: Any = json.loads(body or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):
         data = body.decode("utf-8", "replace").strip()
     if isinstance(data, dict) and set(data) == {"error", "message"}:
         return None if style == "asr" else error_body(style, status, str(data["error"]), str(data["message"]))
     if isinstance(data, dict) and isinstance(data.get("error"), dict):  # already OpenAI's shape
         return None
+    if not read_fields:
+        data = body.decode("utf-8", "replace").strip()
     if isinstance(data, list) and data and isinstance(data[0], dict):  # BentoML 4xx: [{"error": ...}]
         data = data[0]
     message = data.get("error", "") if isinstance(data, dict) else str(data or "")

@@ -1,37 +1,36 @@
-"""CTC prefix beam search (pyctcdecode), with an optional KenLM n-gram model and per-request hotwords.
+"""Beam search for one request: hotwords parsed, a model's decoder (service/recognition/prefix_search.py, with
+the model's KenLM n-gram model when it has one), its words timed and given a confidence, in decoding processes.
 
 Greedy decoding (service/recognition/ctc.py) is the default and exactly NeMo's. Beam search reads the same
-log-probabilities; pyctcdecode keeps the `width` best prefixes per frame, scoring each word with the n-gram
-model (alpha x LM log-probability + beta per word) and adding a hotword's weight to any prefix that spells it
+log-probabilities and keeps the `width` best prefixes per frame, scoring each word with the n-gram model
+(alpha x LM log-probability + beta per word) and adding a hotword's weight to any prefix that spells it
 (partially spelt hotwords get a share by length, so the beam keeps them alive). Width 1 without LM or
 hotwords is the greedy path (tested).
 
-A decoder runs in a separate process (BeamPool): pyctcdecode is pure Python and would hold the entry's GIL
-for tens of milliseconds per segment.
+A decoder runs in a separate process (BeamPool): the search is pure Python and would hold the entry's GIL for
+tens of milliseconds per segment.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import math
-import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.manifest import Manifest, is_arpa
+from service.recognition.prefix_search import MARKER, Hotwords, PrefixSearch, WordLM, arpa_unigrams
 
 # A beam's prefixes are pruned below best + PRUNE_LOGP; tokens below TOKEN_MIN_LOGP in a frame are not tried
-# unless they are its best (pyctcdecode's defaults).
+# unless they are its best (pyctcdecode's defaults, which the search was written to reproduce).
 PRUNE_LOGP = -10.0
 TOKEN_MIN_LOGP = -5.0
-MIN_PROB = 1e-15  # log-probabilities are clipped at log(MIN_PROB), as pyctcdecode's decode_beams does
+MIN_PROB = 1e-15  # log-probabilities are clipped at log(MIN_PROB) (pyctcdecode's decode_beams does the same)
 
 
 class HotwordError(ValueError):
@@ -108,43 +107,17 @@ class BeamText:
 
 
 @functools.lru_cache(maxsize=64)
-def _hotword_scorer(hotwords: tuple[Hotword, ...]) -> Any:
-    """pyctcdecode's HotwordScorer with a weight per phrase (its own takes one weight for all). Built once per
-    list, not once per segment: a long request's segments share their request's hotwords."""
-    from pyctcdecode.language_model import HotwordScorer
-
-    by_weight: dict[float, list[str]] = {}
-    for h in hotwords:
-        by_weight.setdefault(h.weight, []).append(h.phrase)
-    parts = [HotwordScorer.build_scorer(phrases, weight=w) for w, phrases in by_weight.items()]
-
-    class Weighted(HotwordScorer):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__(re.compile(r"^\b$"), None, 0.0)
-
-        def __contains__(self, item: str) -> bool:
-            item = item.replace(JOINER, "")
-            return any(item in p for p in parts)
-
-        def score(self, text: str) -> float:
-            text = text.replace(JOINER, "")
-            return float(sum(p.score(text) for p in parts))
-
-        def score_partial_token(self, token: str) -> float:
-            token = token.replace(JOINER, "")
-            scores = [p.score_partial_token(token) for p in parts if token in p]
-            return max(scores, key=abs) if scores else 0.0
-
-    return Weighted()
+def _hotwords(hotwords: tuple[Hotword, ...]) -> Hotwords:
+    """Built once per list, not once per segment: a long request's segments share their request's hotwords."""
+    return Hotwords([(h.phrase, h.weight) for h in hotwords])
 
 
-# pyctcdecode reads a SentencePiece label that ends with the word marker (the lone "▁" piece every
-# SentencePiece vocabulary has, its own "▁⁇▁" for <unk>) as "break the next word too", in one flag shared by
-# all beams and frames: a later piece of any beam then starts a word it should continue (seen with a random
+# The search reads a SentencePiece label that ends with the word marker (the lone "▁" piece every SentencePiece
+# vocabulary has, and "▁⁇▁" for <unk>) as "break the next word too", in one flag shared by all beams and frames,
+# as pyctcdecode does: a later piece of any beam would then start a word it should continue (seen with a random
 # BPE model: "लखिल" became "लख िल"). The lone marker is given as marker + JOINER, <unk> as "▁⁇"; the joiner
 # (U+2060, never in a transcript) is removed from words before the LM, hotwords and the answer see them.
 JOINER = "\u2060"
-MARKER = "\u2581"
 
 
 def _label(piece: str, unknown: bool) -> str:
@@ -161,38 +134,16 @@ class BeamDecoder:
     def __init__(
         self, vocabulary: Sequence[str], blank_id: int, lm: LMSpec | None = None, unknown: Sequence[int] = ()
     ) -> None:
-        import logging
-
-        logging.getLogger("pyctcdecode").setLevel(logging.ERROR)  # its notes on our labels are by design
-        from pyctcdecode.alphabet import Alphabet
-        from pyctcdecode.decoder import BeamSearchDecoderCTC
-
-        # The one private method used: decode_beams() takes one hotword weight for all; _decode_logits() takes
-        # a scorer. Checked here so that another pyctcdecode fails at start-up, not on a request.
-        wanted = {"logits", "beam_width", "beam_prune_logp", "token_min_logp", "prune_history", "hotword_scorer"}
-        have = set(inspect.signature(BeamSearchDecoderCTC._decode_logits).parameters)
-        if not wanted <= have:
-            raise RuntimeError(f"pyctcdecode's _decode_logits takes {sorted(have)}; this code needs {sorted(wanted)}")
         labels = [_label(piece, unknown=i in unknown) for i, piece in enumerate(vocabulary)]
         labels.insert(blank_id, "")
         self.blank_id = blank_id
         language_model = None
         if lm is not None:
             import kenlm
-            from pyctcdecode.language_model import LanguageModel, load_unigram_set_from_arpa
 
-            class Joined(LanguageModel):  # type: ignore[misc]
-                """KenLM sees the words without the joiner (_label)."""
-
-                def score_partial_token(self, partial_token: str) -> float:
-                    return float(super().score_partial_token(partial_token.replace(JOINER, "")))
-
-                def score(self, prev_state: Any, word: str, is_last_word: bool = False) -> Any:
-                    return super().score(prev_state, word.replace(JOINER, ""), is_last_word)
-
-            unigrams = load_unigram_set_from_arpa(lm.path) if is_arpa(lm.path) else None
-            language_model = Joined(kenlm.Model(lm.path), unigrams, alpha=lm.alpha, beta=lm.beta)
-        self._decoder = BeamSearchDecoderCTC(Alphabet.build_alphabet(labels), language_model)
+            unigrams = arpa_unigrams(lm.path) if is_arpa(lm.path) else None
+            language_model = WordLM(kenlm.Model(lm.path), unigrams, lm.alpha, lm.beta)
+        self._search = PrefixSearch(labels, language_model, clean=lambda text: text.replace(JOINER, ""))
         self._surface = [label.replace(MARKER, "").replace(JOINER, "") for label in labels]
         self._silent = [i for i, s in enumerate(self._surface) if not s.strip()]  # the blank and spaces
 
@@ -201,15 +152,7 @@ class BeamDecoder:
         clipped = np.clip(logprobs.astype(np.float32), math.log(MIN_PROB), 0.0)
         if clipped.shape[0] == 0:
             return BeamText("", [])
-        beams = self._decoder._decode_logits(
-            clipped,  # type: ignore[arg-type]  # pyctcdecode's annotation wants an abstract float width
-            beam_width=width,
-            beam_prune_logp=PRUNE_LOGP,
-            token_min_logp=TOKEN_MIN_LOGP,
-            prune_history=False,
-            hotword_scorer=_hotword_scorer(tuple(hotwords)),
-        )
-        text, _, word_frames, _, _ = beams[0]
+        text, word_frames = self._search.search(clipped, width, _hotwords(tuple(hotwords)), PRUNE_LOGP, TOKEN_MIN_LOGP)
         words = []
         for w, (a, b) in word_frames:
             w = w.replace(JOINER, "")
@@ -282,24 +225,11 @@ class BeamPool:
             raise
 
 
-class MissingDecoder(RuntimeError):
-    """A package beam search needs is not installed."""
-
-
 def beam_pool(models: Sequence[tuple[str, str, Manifest, Path]], workers: int) -> BeamPool:
     """The decoders of every served model (name, tag, manifest, store directory: an n-gram LM lies there)."""
-    import importlib.util
-
-    if importlib.util.find_spec("pyctcdecode") is None:
-        raise MissingDecoder("beam search's pyctcdecode is not installed: pip install --no-deps pyctcdecode==0.5.0")
     specs = {}
-    for name, tag, manifest, directory in models:
+    for name, _, manifest, directory in models:
         d = manifest.decoder
         lm = LMSpec(str(directory / d.lm_file), d.lm_alpha, d.lm_beta) if d.lm_file else None
-        if lm is not None and importlib.util.find_spec("kenlm") is None:
-            raise MissingDecoder(
-                f"model {tag} has an n-gram LM ({d.lm_file}) and KenLM's Python module is not installed: "
-                "pip install kenlm==0.3.0 (it builds with g++), or export the model without --lm"
-            )
         specs[name] = (list(manifest.vocabulary), manifest.blank_id, lm, manifest.tokenizer.unknown_ids)
     return BeamPool(specs, workers)
