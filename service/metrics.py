@@ -9,8 +9,13 @@ import bentoml
 # entry: every request to an API route, as answered
 REQUESTS = bentoml.metrics.Counter(
     name="asr_requests",
-    documentation="API requests by route, HTTP status, error code ('ok' when answered) and model",
-    labelnames=["route", "status", "code", "model"],
+    documentation="API requests by route, HTTP status, error code ('ok' when answered), model and API key id",
+    labelnames=["route", "status", "code", "model", "key"],
+)
+AUTH_FAILURES = bentoml.metrics.Counter(
+    name="asr_auth_failures",
+    documentation="requests and WebSocket handshakes refused for want of a valid API key (door, reason)",
+    labelnames=["door", "reason"],
 )
 # entry: what was transcribed
 AUDIO_SECONDS = bentoml.metrics.Counter(

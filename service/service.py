@@ -17,10 +17,12 @@ import numpy as np
 
 from service import metrics, patches
 from service.api import openai_api, openapi, transcribe
+from service.api.access import cors, open_paths
 from service.api.disconnect import AbandonedCallLog, CancelOnDisconnect
 from service.api.formats import ResponseFormat
 from service.api.forms import FormRoute
-from service.api.guard import RequestGuard
+from service.api.guard import Access, RequestGuard
+from service.api.keys import KeysError, KeyStore
 from service.api.requestlog import REQUEST_LOG
 from service.api.schemas import Transcription
 from service.catalog import start_problem
@@ -53,6 +55,19 @@ except SettingsError as _exc:
 MODELS = [bentoml.models.BentoModel(tag) for tag in SETTINGS.served_tags(bentoml.use_arguments())]
 if _problem := start_problem([str(m.tag) for m in MODELS], SETTINGS.variant, MODELS):
     _fail(_problem)
+try:
+    KEYS = KeyStore(SETTINGS.api_keys_file, SETTINGS.api_keys)
+except KeysError as _exc:
+    _fail(str(_exc))
+if bentoml.server_context.worker_index is None:  # said once, at start
+    print(
+        f"asr: API keys required ({KEYS.count()} in force)"
+        if KEYS.enabled
+        else "asr: no API keys set: the service is "
+        "open to anyone who reaches it (ASR_API_KEYS_FILE or ASR_API_KEYS to require one)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _method(index: int, kind: str = "infer") -> str:
@@ -160,6 +175,7 @@ READINESS = Readiness()  # what the entry last learnt of the recognizer; /readyz
     # limits are a looser backstop for the other routes.
     traffic={"timeout": SETTINGS.timeout_s + 30, "max_concurrency": SETTINGS.max_concurrency * 2},
     workers=SETTINGS.entry_processes(),
+    **cors(SETTINGS.cors_origins),
 )
 @_with_models
 class Transcriber:
@@ -217,8 +233,9 @@ class Transcriber:
         return {**self.policy.catalog.status(await self.recognition.status()), "patches": patches.report()}
 
 
-if patches.applied("openapi_document"):
-    openapi.install(Transcriber)  # /docs.json and the bento's apis/openapi.yaml: service/api/openapi.py
+OPEN_PATHS = open_paths(SETTINGS.metrics_auth, SETTINGS.docs_auth)
+if patches.applied("openapi_document"):  # /docs.json and the bento's apis/openapi.yaml: service/api/openapi.py
+    openapi.install(Transcriber, secured=KEYS.enabled, open_paths=OPEN_PATHS)
 Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     RequestGuard,
     max_body=SETTINGS.max_upload_bytes,
@@ -232,4 +249,5 @@ Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
     timeout_s=SETTINGS.timeout_s,
     readiness=READINESS,
     read_bentoml_bodies=patches.applied("bentoml_error_bodies"),
+    access=Access(KEYS, OPEN_PATHS, SETTINGS.cors_origins),
 )

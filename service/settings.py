@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from service.recognition.device import DeviceOptions, nvidia_gpu_present
@@ -105,6 +105,15 @@ class Settings:
     # Requests in flight before 429, and seconds before 504.
     max_concurrency: int = 64
     timeout_s: int = 300
+    # API keys: a file of keys (one per line, or sha256:<hex> of one; # comments; re-read when it changes) and/or
+    # keys given here, comma-separated (for development). Neither: the service is open to anyone who reaches it.
+    api_keys_file: str = ""
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # never in a log line
+    # With keys: /metrics needs one too (else it stays open for Prometheus), and /docs.json (else it is open).
+    metrics_auth: bool = False
+    docs_auth: bool = True
+    # Origins whose browsers may call the API (CORS), comma-separated, or * for any; empty: none.
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

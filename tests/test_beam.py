@@ -308,14 +308,12 @@ def test_bentoml_client_takes_the_decoding_fields(server: Server, tmp_path: Path
 @needs_speech
 @pytest.mark.slow
 def test_readme_hotwords_example_runs(server: Server, tmp_path: Path) -> None:
-    import re
     import subprocess
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- example: hotwords -->\n```bash\n(.*?)```", readme, re.S)
-    assert match is not None
+    from tests.test_readme import example
+
     (tmp_path / "speech.wav").write_bytes(encode(speech.hindi(MISHEARD), 16000))
-    command = match.group(1).replace("http://127.0.0.1:3000", server.url)
+    command = example("hotwords").replace("http://127.0.0.1:3000", server.url)
     out = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
     body = json_loads(out.stdout)
     assert "समझ" in body["text"].split() and body["words"]

@@ -23,11 +23,13 @@ needs_kustomize = pytest.mark.skipif(
 )
 
 
-def render(overlay: str, image: str = "registry.example.com/speech/nemo-ctc-asr:1.4.0") -> list[dict[str, Any]]:
+def render(
+    overlay: str, image: str = "registry.example.com/speech/nemo-ctc-asr:1.4.0", keys: str = ""
+) -> list[dict[str, Any]]:
     out = subprocess.run(
         ["bash", "deploy/render.sh", overlay],
         cwd=ROOT,
-        env={**os.environ, "IMAGE": image},
+        env={**os.environ, "IMAGE": image, **({"KEYS_FILE": keys} if keys else {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -97,6 +99,36 @@ def test_rendered_objects_are_valid_kubernetes(overlay: str) -> None:
         assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "asr_segments_in_flight"
         rules = yaml.safe_load((ROOT / "deploy" / "prometheus-adapter-rules.yaml").read_text())["rules"]
         assert rules[0]["name"]["as"] == "asr_segments_in_flight"
+
+
+@needs_kustomize
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_api_keys_come_from_a_secret_mounted_as_the_keys_file(overlay: str, tmp_path: Any) -> None:
+    """KEYS_FILE=... render.sh: the keys become the Secret asr-api-keys (no hash suffix: `kubectl apply` of new
+    keys updates it in place, and the kubelet refreshes the mounted file), mounted read-only where
+    ASR_API_KEYS_FILE points; the objects stay valid; without KEYS_FILE there is no Secret."""
+    import base64
+
+    import kubernetes_validate
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# ops\nkey-one\nsha256:" + "ab" * 32 + "\n", encoding="utf-8")
+    objects = render(overlay, keys=str(keys))
+    for o in objects:
+        kubernetes_validate.validate(o, KUBERNETES, strict=True)
+    found = {o["kind"]: o for o in objects}
+    secret = found["Secret"]
+    assert secret["metadata"]["name"] == "asr-api-keys"
+    assert base64.b64decode(secret["data"]["keys.txt"]).decode() == keys.read_text(encoding="utf-8")
+    pod = found["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "api-keys")
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-keys")
+    assert volume["secret"]["secretName"] == "asr-api-keys" and mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ASR_API_KEYS_FILE"] == mount["mountPath"] + "/keys.txt"
+    assert "Secret" not in {o["kind"] for o in render(overlay)}
+    assert found["ConfigMap"]["data"]["ASR_API_KEYS"] == ""  # keys never in the ConfigMap
 
 
 @needs_kustomize

@@ -22,9 +22,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), rea
 
 
 def example(name: str) -> str:
-    match = re.search(rf"<!-- example: {name} -->\n```\w+\n(.*?)```", README, re.S)
-    assert match, f"README has no example {name!r}"
-    return match.group(1)
+    """The code block marked `<!-- example: name -->`, in the README or a page of docs/."""
+    pages = [README, *((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        text = page if isinstance(page, str) else page.read_text(encoding="utf-8")
+        match = re.search(rf"<!-- example: {name} -->\n```\w+\n(.*?)```", text, re.S)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"neither the README nor docs/ has the example {name!r}")
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +214,14 @@ def test_architecture_page_names_files_that_exist_and_every_module() -> None:
 
 def test_every_code_block_of_the_readme_is_an_example_a_test_runs() -> None:
     """Each fenced code block but the quick start, the quoted line and the deployment commands is marked as an
-    example, and each marked example is run by a test (this module, test_beam, test_clients, test_realtime)."""
+    example, and each marked example is run by a test (this module, test_beam, test_clients, test_realtime,
+    test_keys)."""
     blocks = re.findall(r"(<!-- example: ([\w ]+) -->\n)?```(\w+)\n", README)
     unmarked = [lang for marker, _, lang in blocks if not marker]
     assert unmarked == ["bash", "text", "bash"], unmarked  # quick start, the offline line, deployment
     runners = " ".join(
         (ROOT / "tests" / f).read_text(encoding="utf-8")
-        for f in ("test_readme.py", "test_beam.py", "test_clients.py", "test_realtime.py")
+        for f in ("test_readme.py", "test_beam.py", "test_clients.py", "test_realtime.py", "test_keys.py")
     )
     for _, name, _ in blocks:
         if name:

@@ -179,8 +179,8 @@ def test_health_metrics_and_status(bpe_server: Server, tiny_bpe: Exported) -> No
         assert httpx.get(url + probe, timeout=10).status_code == 404
     metrics = httpx.get(url + "/metrics", timeout=10).text
     for series in (
-        f'asr_requests_total{{code="ok",model="{name}",route="/transcribe",status="200"}}',
-        f'asr_requests_total{{code="unsupported_format",model="{name}",route="/transcribe",status="415"}}',
+        f'asr_requests_total{{code="ok",key="",model="{name}",route="/transcribe",status="200"}}',
+        f'asr_requests_total{{code="unsupported_format",key="",model="{name}",route="/transcribe",status="415"}}',
         f'asr_audio_seconds_total{{model="{name}"}}',
         f'asr_sent_seconds_total{{model="{name}"}}',
         f'asr_speech_seconds_total{{model="{name}"}}',
@@ -254,7 +254,7 @@ def test_several_entry_workers(tiny_bpe: Exported, tmp_path: Path) -> None:
         assert [a.json()["text"] for a in answers] == want
         name = tiny_bpe.tag.split(":")[0]
         metrics = httpx.get(s.url + "/metrics", timeout=10).text
-        line = f'asr_requests_total{{code="ok",model="{name}",route="/transcribe",status="200"}} {len(clips)}.0'
+        line = f'asr_requests_total{{code="ok",key="",model="{name}",route="/transcribe",status="200"}} {len(clips)}.0'
         assert line in metrics
 
 

@@ -12,16 +12,24 @@
   and 503 bodies are rewritten, and 4xx arrays (BentoML issue 4232) become objects. Every 503 carries
   Retry-After; /readyz's says why the service is not ready.
 - One log line and one metric per request (service/api/requestlog.py).
+- With API keys (service/api/keys.py), every path but the open ones (probes, the page, the Swagger page and, by
+  setting, /metrics and /docs.json) and CORS preflights needs `Authorization: Bearer <key>`, and the WebSocket
+  also takes it as the `openai-insecure-api-key.<key>` subprotocol, checked before the upgrade: else 401 with
+  `WWW-Authenticate: Bearer` (OpenAI's error object on /v1), nothing run.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from service import metrics
 from service.api.disconnect import run_watching
 from service.api.forms import FormHandler, FormRoute, check_form
+from service.api.keys import SUBPROTOCOL, KeyStore
 from service.api.replies import (
     BENTOML_INTERNAL,
     ASGIApp,
@@ -37,6 +45,43 @@ from service.api.requestlog import RequestRecord
 from service.pipeline.client import Readiness
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may use what: the keys, the paths open without one, and the origins whose browsers may read answers."""
+
+    keys: KeyStore = field(default_factory=KeyStore)
+    open_paths: frozenset[str] = frozenset()  # exact paths; a path ending in "/" opens what starts with it
+    cors_origins: tuple[str, ...] = ()  # "*": any
+
+    def is_open(self, path: str) -> bool:
+        return (
+            not self.keys.enabled
+            or path in self.open_paths
+            or any(p.endswith("/") and len(p) > 1 and path.startswith(p) for p in self.open_paths)
+        )
+
+    def key_of(self, headers: dict[str, str], websocket: bool = False) -> tuple[str | None, str]:
+        """(the key's id, "") when a key in force was presented; (None, reason) else: missing or invalid."""
+        scheme, _, presented = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            presented = ""
+        if not presented and websocket:
+            offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+            presented = next((p[len(SUBPROTOCOL) :] for p in offered if p.startswith(SUBPROTOCOL)), "")
+        presented = presented.strip()
+        if not presented:
+            return None, "missing"
+        found = self.keys.verify(presented)
+        return (found, "") if found else (None, "invalid")
+
+    def cors_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """For an answer the guard writes itself (a 401): what a browser of an allowed origin needs to read it."""
+        origin = headers.get("origin", "")
+        if origin and ("*" in self.cors_origins or origin in self.cors_origins):
+            return {"access-control-allow-origin": origin, "vary": "Origin"}
+        return {}
+
+
 class RequestGuard:
     def __init__(
         self,
@@ -47,27 +92,79 @@ class RequestGuard:
         timeout_s: float,
         readiness: Readiness,
         read_bentoml_bodies: bool = True,
+        access: Access | None = None,
     ) -> None:
         self.app, self.max_body, self.routes = app, max_body, routes
         self.max_concurrency, self.timeout_s, self.readiness = max_concurrency, timeout_s, readiness
         # BentoML's own error bodies read field by field (their shapes are checked at start: service/patches.py);
         # else wrapped whole
         self.read_bentoml_bodies = read_bentoml_bodies
+        self.access = access or Access()
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            if await self._admitted_socket(scope, receive, send):
+                await self.app(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         route = self.routes.get(scope["path"])
-        style = route.style if route else "asr"
+        style = route.style if route else ("openai" if scope["path"].startswith("/v1/") else "asr")
         record = RequestRecord.start(scope)
         send = record.recording(send, scope, counted=route is not None and scope["method"] == "POST")
         send = self._shaping(send, style, readiness=scope["path"] == "/readyz")
         try:
+            headers = _headers(scope)
+            if not self._admitted(scope, headers, record):
+                await self._unauthorized(send, style, headers, record.key_reason)
+                return
             await self._route(scope, receive, send, route, style)
         finally:
             record.log()
+
+    def _admitted(self, scope: Scope, headers: dict[str, str], record: RequestRecord) -> bool:
+        preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
+        if preflight or self.access.is_open(scope["path"]):
+            return True
+        record.key, record.key_reason = self.access.key_of(headers)
+        if record.key is None:
+            metrics.AUTH_FAILURES.labels(door="http", reason=record.key_reason).inc()
+            return False
+        scope.setdefault("state", {})["asr_key"] = record.key
+        return True
+
+    async def _unauthorized(self, send: Send, style: str, headers: dict[str, str], reason: str) -> None:
+        message = "an API key is required: Authorization: Bearer <key>" if reason == "missing" else "invalid API key"
+        code = "invalid_api_key" if style == "openai" else "unauthorized"
+        extra = {"www-authenticate": 'Bearer realm="asr"', **self.access.cors_headers(headers)}
+        await send_json(send, 401, error_body(style, 401, code, message), extra)
+
+    async def _admitted_socket(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """A WebSocket with a key in force (header or subprotocol), or the handshake is refused with 401."""
+        if self.access.is_open(scope["path"]):
+            return True
+        headers = _headers(scope)
+        found, reason = self.access.key_of(headers, websocket=True)
+        if found is not None:
+            scope.setdefault("state", {})["asr_key"] = found
+            return True
+        metrics.AUTH_FAILURES.labels(door="websocket", reason=reason).inc()
+        await receive()  # the websocket.connect the server queued
+        if "websocket.http.response" in scope.get("extensions", {}):
+            message = "an API key is required" if reason == "missing" else "invalid API key"
+            body = json.dumps(error_body("openai", 401, "invalid_api_key", message)).encode()
+            start_headers = [
+                (b"content-type", b"application/json"),
+                (b"www-authenticate", b'Bearer realm="asr"'),
+                *[(k.encode(), v.encode()) for k, v in self.access.cors_headers(headers).items()],
+            ]
+            await send({"type": "websocket.http.response.start", "status": 401, "headers": start_headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:  # a server without the denial-response extension answers 403
+            await send({"type": "websocket.close", "code": 1008})
+        return False
 
     async def _route(self, scope: Scope, receive: Receive, send: Send, route: FormRoute | None, style: str) -> None:
         if route is None or scope["method"] != "POST":
@@ -97,7 +194,7 @@ class RequestGuard:
             self.in_flight -= 1
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, route: FormRoute) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = _headers(scope)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
             await self._too_large(send, route.style)
@@ -167,6 +264,10 @@ class RequestGuard:
             await send_json(send, status, body, {"retry-after": "1"} if status == 503 else None)
 
         return shaped
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
 def _answering(handler: FormHandler, form: Any) -> ASGIApp:

@@ -52,6 +52,7 @@ ERRORS = {
     429: "too_many_requests: ASR_MAX_CONCURRENCY requests in flight (Retry-After: 1)",
     503: "not_ready, overloaded, unavailable: the model is not loaded, its queue is full, or the recognizer is down",
     504: "timeout: not transcribed within ASR_TIMEOUT_S",
+    401: "unauthorized (invalid_api_key on /v1): no API key, or not one in force (WWW-Authenticate: Bearer)",
 }
 TRANSCRIBE_ERRORS = (400, 413, 415, 422, 429, 503, 504)
 TEXT_FORMATS = ("text", "srt", "vtt")
@@ -244,10 +245,38 @@ class Document(dict[str, Any]):
         return dict(self)
 
 
-def document(svc: Any) -> Document:
+def secure(paths: dict[str, Any], open_paths: frozenset[str]) -> None:
+    """Each operation outside `open_paths` needs the bearer key and may answer 401 (in its route's error shape)."""
+    for path, operations in paths.items():
+        if path in open_paths:
+            continue
+        model = OpenAIError if path.startswith("/v1/") else ErrorBody
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}]
+            operation["responses"] = {**operation["responses"], **_errors(model, (401,))}
+
+
+def document(svc: Any, secured: bool = False, open_paths: frozenset[str] = frozenset()) -> Document:
     description = DESCRIPTION
     if getattr(svc, "bento", None) is not None:
         description += f"\n\nBento `{svc.bento.tag}`."
+    if secured:
+        description += (
+            "\n\nAPI keys are required: `Authorization: Bearer <key>` (WebSocket: the header, or the subprotocol "
+            "`openai-insecure-api-key.<key>`). Open without one: " + ", ".join(sorted(open_paths)) + "."
+        )
+    paths = {
+        "/transcribe": _transcribe(svc),
+        "/v1/audio/transcriptions": _openai_transcriptions(),
+        **_openai_models(),
+        **_operations(),
+    }
+    components: dict[str, Any] = {"schemas": _components()}
+    if secured:
+        secure(paths, open_paths)
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "an API key of the service"}
+        }
     return Document(
         openapi=OPENAPI_VERSION,
         info={"title": TITLE, "version": __version__, "description": description},
@@ -257,18 +286,14 @@ def document(svc: Any) -> Document:
             {"name": "OpenAI-compatible", "description": "the same pipeline in OpenAI's request and error shapes"},
             {"name": "Operations"},
         ],
-        paths={
-            "/transcribe": _transcribe(svc),
-            "/v1/audio/transcriptions": _openai_transcriptions(),
-            **_openai_models(),
-            **_operations(),
-        },
-        components={"schemas": _components()},
+        paths=paths,
+        components=components,
     )
 
 
-def install(svc: Any) -> None:
-    """Serve `document(svc)` as this service's OpenAPI document (at /docs.json and in built bentos)."""
+def install(svc: Any, secured: bool = False, open_paths: frozenset[str] = frozenset()) -> None:
+    """Serve `document(svc)` as this service's OpenAPI document (at /docs.json and in built bentos); `secured`:
+    API keys are required (outside `open_paths`)."""
     import yaml
 
     class Documented(type(svc)):  # type: ignore[misc]
@@ -276,7 +301,7 @@ def install(svc: Any) -> None:
 
         @property
         def openapi_spec(self) -> Document:
-            return document(self)
+            return document(self, secured, open_paths)
 
     yaml.add_representer(Document, lambda dumper, doc: dumper.represent_dict(dict(doc)))
     svc.__class__ = Documented

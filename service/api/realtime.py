@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service import metrics
+from service.api.keys import SUBPROTOCOL
 from service.api.realtime_session import ClientError, Send, Session, error_event, event_id
 from service.errors import BadRequest
 from service.pipeline.policy import Policy
@@ -51,7 +52,9 @@ async def serve(websocket: Any, streams: StreamTranscription, policy: Policy, li
     """One WebSocket connection, from accept to close; every path frees the session's state."""
     from starlette.websockets import WebSocketDisconnect
 
-    await websocket.accept()
+    # a subprotocol the client offered, but never the one that carries its key (checked by the request guard)
+    offered = [p for p in websocket.scope.get("subprotocols", []) if not p.startswith(SUBPROTOCOL)]
+    await websocket.accept(subprotocol=offered[0] if offered else None)
     params = websocket.query_params
     if params.get("intent", INTENT) != INTENT:
         await _close(websocket, CLOSE_POLICY, "invalid_intent", "this endpoint serves intent=transcription only")

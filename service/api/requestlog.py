@@ -1,5 +1,6 @@
 """One log line and one metric per request: `<request id> <method> <path> <status> <code> model=... audio_s=...
-<ms> ms client=...`, and asr_requests_total{route, status, code, model} for the API routes."""
+<ms> ms client=... key=...`, and asr_requests_total{route, status, code, model, key} for the API routes (`key`:
+the API key's id, never the key)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class RequestRecord:
     model: str = ""
     audio_s: float | None = None
     done: bool = False
+    key: str | None = None  # the API key's id (the first 8 hex digits of its SHA-256), when one was presented
+    key_reason: str = ""  # why none was accepted: missing, invalid
 
     @classmethod
     def start(cls, scope: Scope) -> RequestRecord:
@@ -53,9 +56,10 @@ class RequestRecord:
         code = self.code if self.done else "client_gone"  # the client left before the whole answer was sent
         audio = f" audio_s={self.audio_s:.2f}" if isinstance(self.audio_s, float) else ""
         model = f" model={self.model}" if self.model else ""
+        key = f" key={self.key}" if self.key else ""
         REQUEST_LOG.info(
-            "%s %s %s %s %s%s%s %.0f ms client=%s",
-            self.id, self.method, self.path, status, code, model, audio, took_ms, self.client,
+            "%s %s %s %s %s%s%s %.0f ms client=%s%s",
+            self.id, self.method, self.path, status, code, model, audio, took_ms, self.client, key,
         )  # fmt: skip
 
     def recording(self, send: Send, scope: Scope, counted: bool) -> Send:
@@ -80,7 +84,7 @@ class RequestRecord:
                     self.audio_s = state.get("asr_audio_s")
                     if counted:
                         labels = {"route": scope["path"], "status": str(self.status), "code": self.code}
-                        metrics.REQUESTS.labels(**labels, model=self.model).inc()
+                        metrics.REQUESTS.labels(**labels, model=self.model, key=self.key or "").inc()
             await send(message)
 
         return recorded
