@@ -6,15 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# espeak-ng and sox make the tests' Hindi speech; Chromium runs the page's tests (tests/test_ui.py)
 need_apt=()
-for cmd in espeak-ng sox; do command -v "$cmd" >/dev/null || need_apt+=("$cmd"); done
+for cmd in espeak-ng sox chromium; do command -v "$cmd" >/dev/null || need_apt+=("$cmd"); done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${need_apt[*]} with apt-get" >&2
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng sox libsndfile1 >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" libsndfile1 >&2
   else
-    echo "setup: please install ${need_apt[*]} (tests use them to make Hindi speech)" >&2
+    echo "setup: please install ${need_apt[*]} (tests use them to make Hindi speech and drive the page)" >&2
   fi
 fi
 

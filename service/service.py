@@ -16,7 +16,7 @@ import bentoml
 import numpy as np
 
 from service import metrics, patches
-from service.api import openai_api, openapi, transcribe
+from service.api import openai_api, openapi, page, transcribe
 from service.api.access import cors, open_paths
 from service.api.disconnect import AbandonedCallLog, CancelOnDisconnect
 from service.api.formats import ResponseFormat
@@ -121,7 +121,7 @@ patches.concurrent_batches = CPU_LANES = SETTINGS.recognizer_lanes()
 patches.on_dropped = metrics.SEGMENTS_DROPPED.inc
 patches.known_paths.update(  # what the service answers (BentoML's HTTP metrics count any other path as "other")
     {"/", "/docs.json", "/schema.json", "/readyz", "/livez", "/healthz", "/metrics", "/transcribe", "/status"}
-    | {"/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/static_content/", "/v1/realtime"}
+    | {"/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/static_content/", "/v1/realtime", "/ui", "/ui/"}
     | {f"/{_method(i, kind)}" for i in range(len(MODELS)) for kind in ("infer", "logprobs", "stream")}
 )
 
@@ -167,6 +167,7 @@ if patches.applied("quiet_abandoned_calls"):  # BentoML logs each call cancelled
 READINESS = Readiness()  # what the entry last learnt of the recognizer; /readyz answers with it
 
 
+@bentoml.asgi_app(page.page_app, path="/ui")
 @bentoml.asgi_app(openai_api.openai_app, path="/v1")
 @bentoml.service(
     name="asr",

@@ -7,7 +7,7 @@ from typing import Any
 
 # Open whatever the keys: the probes, the page, BentoML's Swagger page and its assets (they hold no data; the
 # document they show is /docs.json).
-ALWAYS_OPEN = frozenset({"/livez", "/readyz", "/healthz", "/ui", "/", "/static_content/"})
+ALWAYS_OPEN = frozenset({"/livez", "/readyz", "/healthz", "/ui", "/ui/", "/", "/static_content/"})
 
 
 def open_paths(metrics_auth: bool, docs_auth: bool) -> frozenset[str]:
