@@ -11,6 +11,7 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -41,6 +42,9 @@ def bomb() -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, np.zeros(RATE * 7200, np.int16), RATE, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
+
+
+DEEP = "[" * 500_000 + "]" * 500_000  # valid JSON, deeper than Python's parser goes
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +241,27 @@ def test_fuzz_mutated_files(server: Server) -> None:
     one()
     print(f"fuzz: {sum(statuses.values())} cases, statuses {dict(sorted(statuses.items()))}")
     assert httpx.post(server.url + "/status", timeout=10).json()["ready"] is True  # no worker died
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("post", "/transcribe", {"files": {"audio": ("a.wav", b"RIFF")}, "data": {"timestamps": "[" * 500_000}}),
+        ("post", "/transcribe", {"files": {"audio": ("a.wav", b"RIFF")}, "data": {"hotwords": DEEP}}),
+        ("post", "/v1/audio/transcriptions", {"files": {"file": ("a.wav", b"RIFF")}, "data": {"prompt": DEEP}}),
+        ("post", "/status", {"content": DEEP, "headers": {"content-type": "application/json"}}),
+        ("post", "/transcribe", {"content": DEEP, "headers": {"content-type": "application/json"}}),
+    ],
+)
+def test_json_nested_deeper_than_the_parser_goes(server: Server, method: str, path: str, kwargs: Any) -> None:
+    """Client JSON (form fields are JSON-decoded, bodies parsed) nested 500,000 deep: a clear 4xx or an answer
+    that ignores it, never a 500 or a dropped connection; the server answers the next request."""
+    r = httpx.request(method, server.url + path, timeout=60, **kwargs)
+    assert r.status_code < 500, (path, r.status_code, r.text[:300])
+    body = r.json()
+    assert isinstance(body, dict)
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    assert "RecursionError" not in server.logs()
 
 
 def test_zz_temporary_directory_back_to_its_baseline(server: Server) -> None:

@@ -203,6 +203,8 @@ def test_bad_events_get_error_events_and_the_session_goes_on(server: Server) -> 
         assert next_event(ws)["type"] == "session.created"
         cases = [
             ("{not json", "invalid_json"),
+            ("[" * 500_000 + "]" * 500_000, "invalid_json"),  # deeper than Python's parser goes
+            ('{"type": "session.update", "session": ' + "[" * 200_000 + "]" * 200_000 + "}", "invalid_json"),
             ("[1, 2]", "invalid_event"),
             (json.dumps({"type": "response.create"}), "unknown_event"),
             (json.dumps({"type": "input_audio_buffer.append", "audio": "@@@not base64"}), "invalid_audio"),

@@ -137,6 +137,8 @@ def _parse(raw: str) -> dict[str, Any]:
         event = json.loads(raw)
     except (json.JSONDecodeError, ValueError) as exc:
         return error_event("invalid_json", f"the event is not valid JSON: {exc}")
+    except RecursionError:  # e.g. 500,000 nested brackets: deeper than any event, and than the parser goes
+        return error_event("invalid_json", "the event is not valid JSON: nested too deeply")
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         return error_event("invalid_event", "an event is a JSON object with a string `type`", "type")
     return event

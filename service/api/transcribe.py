@@ -60,7 +60,7 @@ async def answer_form(scope: Scope, form: Any) -> Response:
             value = (await value.read()).decode("utf-8", "replace") if not isinstance(value, str) else value
             try:
                 fields[key] = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: the text
                 fields[key] = value
     try:
         options = TranscribeFields.model_validate(fields)
