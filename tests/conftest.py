@@ -18,6 +18,38 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+# What some tests need from the machine, and which tests cannot run without it. scripts/setup.sh installs them
+# (as root, with apt-get); a run without one fails at once, saying which, unless ASR_ALLOW_MISSING_TOOLS=1 lets
+# those tests skip (a skip must be asked for, never silent).
+TOOLS = {
+    "espeak-ng": ("espeak-ng", "the Hindi test speech: most end-to-end tests"),
+    "sox": ("sox", "the Hindi test speech: most end-to-end tests"),
+    "kubectl or kustomize": (("kubectl", "kustomize"), "tests/test_deploy.py, the kube play test"),
+    "podman or docker": (("podman", "docker"), "the container tests of tests/test_packaging.py"),
+    "chromium": ("chromium", "tests/test_ui.py (the page in a browser)"),
+}
+
+
+def missing_tools() -> list[str]:
+    import shutil
+
+    missing = []
+    for name, (commands, needed_by) in TOOLS.items():
+        names = (commands,) if isinstance(commands, str) else commands
+        if not any(shutil.which(c) for c in names):
+            missing.append(f"{name} ({needed_by})")
+    return missing
+
+
+def pytest_configure(config: Any) -> None:
+    missing = missing_tools()
+    if missing and os.environ.get("ASR_ALLOW_MISSING_TOOLS") != "1":
+        raise pytest.UsageError(
+            "not installed: " + "; ".join(missing) + ". Run scripts/setup.sh as root to install them, or set "
+            "ASR_ALLOW_MISSING_TOOLS=1 to skip the tests that need them."
+        )
+
+
 def pytest_report_header(config: Any) -> list[str]:
     from importlib.metadata import version
 
@@ -31,6 +63,10 @@ def pytest_report_header(config: Any) -> list[str]:
         except Exception:
             versions.append(f"{name} absent")
     return [", ".join(versions), f"ORT providers: {ort.get_available_providers()}", f"BENTOML_HOME={_HOME}"]
+
+
+# A GPU demanded and none visible, on any host (a GPU host's included): the service must never turn ready.
+NO_GPU = {"ASR_DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": "-1"}
 
 
 @dataclass

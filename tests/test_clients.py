@@ -21,7 +21,7 @@ from demo.speech import speak
 from demo.text import read_heldout
 from tests import speech
 from tests.audio_files import encode
-from tests.conftest import Exported
+from tests.conftest import NO_GPU, Exported
 from tests.server import ROOT, Server
 from tests.test_service_e2e import nemo_texts
 
@@ -197,7 +197,7 @@ def test_429_and_503_reach_the_client(tiny_bpe: Exported, tmp_path: Path) -> Non
 
     wav = tmp_path / "a.wav"
     wav.write_bytes(encode(speech.hindi(speech.SENTENCES[0]), RATE))
-    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cuda"}
+    env = {"ASR_MODEL": tiny_bpe.tag, **NO_GPU}
     with (
         Server(env, tmp_path / "s.log", wait_ready=False) as server,
         bentoml.SyncHTTPClient(server.url, timeout=60, server_ready_timeout=0) as client,

@@ -17,7 +17,7 @@ from openapi_spec_validator import validate
 
 from tests import speech
 from tests.audio_files import encode, silent_flac
-from tests.conftest import Exported
+from tests.conftest import NO_GPU, Exported
 from tests.server import ROOT, Server
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def servers(tiny_bpe: Exported, tmp_path_factory: pytest.TempPathFactory) -> Ite
     limited = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "ASR_MAX_CONCURRENCY": "1", "ASR_TIMEOUT_S": "1"}
     with (
         Server(limited, logs / "limited.log") as served,
-        Server({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cuda"}, logs / "gpu.log", wait_ready=False) as broken,
+        Server({"ASR_MODEL": tiny_bpe.tag, **NO_GPU}, logs / "gpu.log", wait_ready=False) as broken,
     ):
         yield served, broken
 

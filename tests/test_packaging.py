@@ -285,7 +285,7 @@ def stream(url: str, wav: bytes) -> str:
 
 def test_container_demanding_a_gpu_is_not_ready(image: tuple[str, str]) -> None:
     tool, name = image
-    c = Container(tool, name, {"ASR_DEVICE": "cuda"})
+    c = Container(tool, name, {"ASR_DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": "-1"})  # a GPU host's GPU hidden
     try:
         c.wait("/livez")
         assert httpx.get(c.url + "/readyz", timeout=10).status_code == 503

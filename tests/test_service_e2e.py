@@ -15,7 +15,7 @@ import pytest
 
 from tests import speech
 from tests.audio_files import encode
-from tests.conftest import Exported
+from tests.conftest import NO_GPU, Exported
 from tests.server import Server
 
 pytestmark = [
@@ -221,7 +221,7 @@ def test_plain_formats_have_their_media_types(bpe_server: Server, fmt: str, medi
 
 def test_demanded_gpu_that_did_not_load_is_not_ready(tiny_bpe: Exported, tmp_path: Path) -> None:
     """Never ready, and /readyz says why as /status does, with no Retry-After: waiting will not bring a GPU."""
-    with Server({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cuda"}, tmp_path / "gpu.log", wait_ready=False) as s:
+    with Server({"ASR_MODEL": tiny_bpe.tag, **NO_GPU}, tmp_path / "gpu.log", wait_ready=False) as s:
         ready = httpx.get(s.url + "/readyz", timeout=10)
         status = httpx.post(s.url + "/status", timeout=10).json()
         assert status["ready"] is False and "CUDA" in status["reason"] and status["permanent"] is True

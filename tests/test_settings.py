@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -85,3 +86,64 @@ def test_cpu_lanes_default_to_the_threads_then_the_cores() -> None:
     assert Settings.from_env({"ASR_ORT_THREADS": "2"}).lanes == 2
     assert Settings.from_env({}).lanes == len(os.sched_getaffinity(0))
     assert Settings.from_env({"ASR_CPU_LANES": "1", "ASR_ORT_THREADS": "4"}).lanes == 1
+
+
+def test_gpu_settings_are_parsed_and_reach_the_sessions_options() -> None:
+    """ASR_BUCKETS_S, ASR_TENSORRT, ASR_TENSORRT_CACHE, ASR_ALLOW_TF32, ASR_CUDNN_SEARCH and ASR_BATCH_MAX_SIZE
+    as the recognizer's sessions get them (Settings.device_options)."""
+    import os
+
+    s = Settings.from_env(
+        {
+            "ASR_DEVICE": "cuda",
+            "ASR_BUCKETS_S": "2, 5,10.5",
+            "ASR_TENSORRT": "fp16",
+            "ASR_TENSORRT_CACHE": "~/trt",
+            "ASR_ALLOW_TF32": "yes",
+            "ASR_CUDNN_SEARCH": "heuristic",
+            "ASR_BATCH_MAX_SIZE": "32",
+        }
+    )
+    options = s.device_options
+    assert (options.buckets_s, options.tensorrt, options.tf32, options.cudnn_search, options.batch_max) == (
+        (2.0, 5.0, 10.5),
+        "fp16",
+        True,
+        "heuristic",
+        32,
+    )
+    assert options.tensorrt_cache == os.path.expanduser("~/trt") and not options.tensorrt_cache.startswith("~")
+    off = Settings.from_env({"ASR_BUCKETS_S": "off"}).device_options
+    assert off.buckets_s == () and off.tensorrt == "" and off.tf32 is False and off.cudnn_search == "exhaustive"
+    for var, value in (
+        ("ASR_BUCKETS_S", "1,x"),
+        ("ASR_BUCKETS_S", "0,2"),
+        ("ASR_TENSORRT", "int8"),
+        ("ASR_ALLOW_TF32", "sometimes"),
+        ("ASR_CUDNN_SEARCH", "fastest"),
+    ):
+        with pytest.raises(SettingsError, match="^" + re.escape(var) + "="):
+            Settings.from_env({var: value, "ASR_DEVICE": "cuda"})
+    with pytest.raises(SettingsError, match=r"^ASR_TENSORRT="):  # TensorRT needs a GPU
+        Settings.from_env({"ASR_TENSORRT": "fp32", "ASR_DEVICE": "cpu"})
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_host_decides_entry_workers_and_lanes(monkeypatch: pytest.MonkeyPatch, gpu: bool) -> None:
+    """Where an NVIDIA GPU is (nvidia_gpu_present, patched here), ASR_ENTRY_WORKERS defaults to one entry process per
+    two cores (at most 8) and the recognizer runs one batch at a time (no CPU lanes); elsewhere, or with
+    ASR_DEVICE=cpu, one entry process and the lanes. An explicit ASR_ENTRY_WORKERS always wins."""
+    import os
+
+    from service import settings
+
+    monkeypatch.setattr(settings, "nvidia_gpu_present", lambda: gpu)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
+    auto = Settings.from_env({"ASR_CPU_LANES": "3"})
+    assert auto.entry_processes() == (6 if gpu else 1)
+    assert auto.recognizer_lanes() == (1 if gpu else 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(40)))
+    assert Settings.from_env({}).entry_processes() == (8 if gpu else 1)
+    cpu = Settings.from_env({"ASR_DEVICE": "cpu", "ASR_CPU_LANES": "3"})
+    assert (cpu.entry_processes(), cpu.recognizer_lanes()) == (1, 3)
+    assert Settings.from_env({"ASR_ENTRY_WORKERS": "3"}).entry_processes() == 3
