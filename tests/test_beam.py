@@ -27,13 +27,33 @@ from tests.conftest import Exported
 from tests.server import Server
 
 needs_speech = pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")
-# The demo model hears "समझ" (sentence 4) as "समज" and "ताकि" as "ता कि": an LM or a hotword puts them right.
+# A sentence the demo model mishears (greedy: "समझ" and "ताकि" come out wrong, read off at run time, not copied
+# here): an LM or a hotword puts those words right.
 MISHEARD = speech.SENTENCES[4]
-# What the LM is built from: the domain's text, not the test sentence itself.
-HEARD = "क्रिप्या धीरे बोलिए ता कि सब समज सकें"
-HOTWORDS = "समझ:20, ताकि"  # two of its three mistakes
-WITH_HOTWORDS = "क्रिप्या धीरे बोलिए ताकि सब समझ सकें"
+HOTWORDS = "समझ:20, ताकि"
+HOTWORD_WORDS = ["समझ", "ताकि"]
+# What the LM is built from: text of the same domain. It holds phrases of the test sentence (as a domain LM holds
+# its users' phrases), never the sentence itself (asserted below).
 DOMAIN_TEXT = ["हम सब समझ सकते हैं", "कृपया धीरे बोलिए", "ताकि सब लोग आ सकें", "वह धीरे धीरे चलता है", "कृपया ध्यान से सुनिए"]
+
+
+def errors(text: str) -> float:
+    """Word errors against the sentence said."""
+    from demo.metrics import wer
+
+    return wer([MISHEARD], [text])
+
+
+def misheard(heard: str) -> None:
+    """The precondition of the tests below: greedy decoding gets the hotword words wrong."""
+    assert MISHEARD not in DOMAIN_TEXT and not any(MISHEARD in t for t in DOMAIN_TEXT)
+    assert all(w not in heard.split() for w in HOTWORD_WORDS), f"the model now hears {heard!r}: pick another sentence"
+
+
+def corrected(heard: str, fixed: str) -> None:
+    """The hotword words are there now, and fewer words are wrong than greedy decoding had."""
+    assert all(w in fixed.split() for w in HOTWORD_WORDS), fixed
+    assert errors(fixed) < errors(heard), (heard, fixed)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +134,7 @@ def demo_engine(demo: Exported) -> Recognizer:
 def test_width_one_is_greedy(demo: Exported, demo_engine: Recognizer, tiny_bpe: Exported) -> None:
     """Width 1 without LM or hotwords: the greedy text, exactly (the demo model's characters on speech it hears,
     and a random-weight SentencePiece model's pieces)."""
-    clips = [speech.hindi(t) for t in speech.SENTENCES + read_heldout()[:10]]
+    clips = [speech.hindi(t) for t in speech.SENTENCES + read_heldout()[48:58]]
     cases = [(demo, demo_engine), (tiny_bpe, Recognizer(tiny_bpe.directory, tiny_bpe.manifest, "cpu"))]
     for model, engine in cases:
         m = model.manifest
@@ -136,16 +156,18 @@ def test_lm_and_hotwords_put_misheard_words_right(demo: Exported, demo_engine: R
     logprobs = demo_engine.forward([speech.hindi(MISHEARD)])[0]
     plain = BeamDecoder(m.vocabulary, m.blank_id)
     with_lm = BeamDecoder(m.vocabulary, m.blank_id, LMSpec(str(arpa), 0.5, 1.0))
-    assert plain.decode(logprobs, 16).text == HEARD
+    heard = plain.decode(logprobs, 16).text
+    misheard(heard)
     assert with_lm.decode(logprobs, 16).text == MISHEARD
-    hot = parse_hotwords("समझ:20", 10.0, 10, 5)
-    assert plain.decode(logprobs, 16, hot).text == "क्रिप्या धीरे बोलिए ता कि सब समझ सकें"
+    hotwords = parse_hotwords("समझ:20", 10.0, 10, 5)
+    hot = plain.decode(logprobs, 16, hotwords).text
+    assert "समझ" in hot.split() and errors(hot) < errors(heard)
     # a negative weight keeps a word out; a hotword nobody said changes nothing
     assert "सब" not in plain.decode(logprobs, 16, parse_hotwords("सब:-30", 10.0, 10, 5)).text.split()
     assert plain.decode(logprobs, 16, parse_hotwords("हिमालय:20", 10.0, 10, 5)).text == plain.decode(logprobs, 16).text
     # words keep their order and times: each starts where the last ended or later, confidence in (0, 1]
-    words = plain.decode(logprobs, 16, hot).words
-    assert [w.word for w in words] == ["क्रिप्या", "धीरे", "बोलिए", "ता", "कि", "सब", "समझ", "सकें"]
+    words = plain.decode(logprobs, 16, hotwords).words
+    assert [w.word for w in words] == hot.split()
     assert all(a.end_frame <= b.first_frame for a, b in itertools.pairwise(words))
     assert all(0 < w.confidence <= 1 for w in words)
 
@@ -224,7 +246,7 @@ PLAIN = "stt_hi_demo_conformer_ctc"
 def test_service_decodes_as_asked(server: Server) -> None:
     wav = encode(speech.hindi(MISHEARD), 16000)
     greedy = _post(server, wav).json()
-    assert greedy["text"] == HEARD  # the default: greedy, the LM unused
+    misheard(greedy["text"])  # the default: greedy, the LM unused
     assert _post(server, wav, decoding="greedy").json()["text"] == greedy["text"]
     beam = _post(server, wav, decoding="beam", timestamps="true").json()
     assert beam["text"] == MISHEARD  # the packed LM at work
@@ -234,7 +256,8 @@ def test_service_decodes_as_asked(server: Server) -> None:
     assert all(0 < w["confidence"] <= 1 for w in beam["words"])
     # a model without an LM: hotwords alone; they imply beam search
     hot = _post(server, wav, model=PLAIN, hotwords=HOTWORDS)
-    assert hot.status_code == 200 and hot.json()["text"] == WITH_HOTWORDS
+    assert hot.status_code == 200
+    corrected(greedy["text"], hot.json()["text"])
     assert _post(server, wav, model=PLAIN, decoding="beam").json()["text"] == greedy["text"]
     # text formats carry the beam's text too
     srt = _post(server, wav, decoding="beam", response_format="srt").text
@@ -281,9 +304,9 @@ def test_openai_prompt_is_read_as_hotwords(server: Server) -> None:
     client = OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
     wav = encode(speech.hindi(MISHEARD), 16000)
     plain = client.audio.transcriptions.create(model=PLAIN, file=("a.wav", wav))
-    assert plain.text == HEARD
+    misheard(plain.text)
     hot = client.audio.transcriptions.create(model=PLAIN, file=("a.wav", wav), prompt=HOTWORDS)
-    assert hot.text == WITH_HOTWORDS
+    corrected(plain.text, hot.text)
     with pytest.raises(BadRequestError) as caught:
         client.audio.transcriptions.create(model=PLAIN, file=("a.wav", wav), prompt="a:b")
     error = caught.value.body
@@ -297,9 +320,11 @@ def test_bentoml_client_takes_the_decoding_fields(server: Server, tmp_path: Path
     path.write_bytes(encode(speech.hindi(MISHEARD), 16000))
     with bentoml.SyncHTTPClient(server.url) as client:
         assert client.transcribe(audio=path, decoding="beam")["text"] == MISHEARD
-        assert client.transcribe(audio=path, model=PLAIN, hotwords=HOTWORDS)["text"] == WITH_HOTWORDS
+        heard = client.transcribe(audio=path, model=PLAIN)["text"]
+        with_hotwords = client.transcribe(audio=path, model=PLAIN, hotwords=HOTWORDS)["text"]
+        corrected(heard, with_hotwords)
         text = client.transcribe(audio=path, model=PLAIN, hotwords=HOTWORDS, response_format="text")
-        assert text == WITH_HOTWORDS
+        assert text.strip() == with_hotwords
         with pytest.raises(bentoml.exceptions.BentoMLException) as caught:
             client.transcribe(audio=path, hotwords="x:y")
         assert getattr(caught.value, "error_code", None) == 400 and "not a number" in str(caught.value)
@@ -364,6 +389,7 @@ def test_bentoml_async_client_takes_the_decoding_fields(server: Server, tmp_path
 
     beam, hot, greedy, refused = asyncio.run(calls())
     assert beam["text"] == MISHEARD and [w["word"] for w in beam["words"]] == MISHEARD.split()
-    assert WITH_HOTWORDS in hot and hot.startswith("WEBVTT")
-    assert greedy["text"] == HEARD
+    misheard(greedy["text"])
+    cues = " ".join(line for line in hot.splitlines()[1:] if line and "-->" not in line)
+    assert hot.startswith("WEBVTT") and all(w in cues.split() for w in HOTWORD_WORDS)
     assert getattr(refused, "error_code", None) == 400 and "need beam search" in str(refused)
