@@ -297,3 +297,21 @@ def test_an_export_leaves_nothing_in_the_temporary_directory(
     assert main(["--config", str(CONFIGS / "citrinet.yaml")]) == 1  # refused
     assert sorted(p.name for p in scratch.iterdir()) == []
     capsys.readouterr()
+
+
+def test_a_variants_speed_is_the_median_of_interleaved_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `cpu_speed_vs_fp32` records (the export test above checks it is measured and written; its value is
+    the machine's): fp32 and the variant run in turns, round by round, and the median of the per-round ratios is
+    kept, so one slow round (the 30x one here) does not move it. A clock the runs advance stands in for time."""
+    import time
+
+    from export.variants import interleaved_speed
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    costs = iter([3.0, 1.0, 6.0, 1.0, 3.0, 2.0, 30.0, 1.0, 3.0, 1.0])  # baseline, candidate; five rounds
+
+    def run() -> None:
+        clock[0] += next(costs)
+
+    assert interleaved_speed(run, run, rounds=5) == 3.0  # median of 3, 6, 1.5, 30, 3

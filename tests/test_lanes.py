@@ -23,7 +23,16 @@ class Recorder:
         self.beside: dict[str, set[tuple[str, bool]]] = {}
         self.solo: dict[str, bool] = {}
 
-    def job(self, name: str, seconds: float = 0.05) -> Any:
+    def job(
+        self,
+        name: str,
+        seconds: float = 0.05,
+        started: threading.Event | None = None,
+        release: threading.Event | None = None,
+    ) -> Any:
+        """A run of `seconds`, or (with `release`) one that lasts until the test releases it; `started` is set
+        once it runs."""
+
         def run(solo: bool) -> str:
             with self.lock:
                 self.beside[name], self.solo[name] = set(self.running), solo
@@ -31,7 +40,12 @@ class Recorder:
                     self.beside[other].add((name, solo))
                 self.running.append((name, solo))
                 self.peak = max(self.peak, len(self.running))
-            time.sleep(seconds)
+            if started is not None:
+                started.set()
+            if release is not None:
+                assert release.wait(30)
+            else:
+                time.sleep(seconds)
             with self.lock:
                 self.running.remove((name, solo))
             return name
@@ -56,23 +70,50 @@ def test_runs_asked_for_together_share_the_lanes_and_keep_their_order() -> None:
     assert all(not rec.beside[name] for name, solo in rec.solo.items() if solo)  # nothing beside a solo run
 
 
+def queued(cores: Cores, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(cores._queue) < count and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(cores._queue) >= count
+
+
 def test_a_run_asked_for_during_a_solo_run_waits_for_it() -> None:
+    """`a` runs solo (it was alone) and holds every core until released; `b`, asked for meanwhile, stays queued:
+    it is not started beside `a`, and runs when `a` ends. Events, not sleeps, order the two."""
     cores, rec = Cores(2), Recorder()
-    first = threading.Thread(target=cores.run, args=([rec.job("a", 0.2)],))
+    started, release = threading.Event(), threading.Event()
+    first = threading.Thread(target=cores.run, args=([rec.job("a", started=started, release=release)],))
     first.start()
-    time.sleep(0.05)
-    cores.run([rec.job("b", 0.01)])
+    assert started.wait(30)
+    second = threading.Thread(target=cores.run, args=([rec.job("b", 0.01)],))
+    second.start()
+    queued(cores, 1)
+    time.sleep(0.1)  # time for a wrong scheduler to start b beside a
+    assert "b" not in rec.solo and len(cores._queue) == 1
+    release.set()
     first.join()
-    assert rec.solo["a"] is True and not rec.beside["a"]  # ran alone, with every core
+    second.join()
+    assert rec.solo["a"] is True and not rec.beside["a"] and rec.solo["b"] is True
 
 
 def test_exclusive_runs_wait_for_the_lanes_and_hold_every_core() -> None:
+    """Two runs hold both lanes until released; an exclusive run asked for meanwhile waits (it is not started while
+    they run), then runs alone."""
     cores, rec = Cores(2), Recorder()
-    lanes = threading.Thread(target=cores.run, args=([rec.job("l1", 0.1), rec.job("l2", 0.1)],))
+    started = [threading.Event(), threading.Event()]
+    release = threading.Event()
+    jobs = [rec.job(f"l{i}", started=started[i], release=release) for i in range(2)]
+    lanes = threading.Thread(target=cores.run, args=(jobs,))
     lanes.start()
-    time.sleep(0.02)
-    cores.run([rec.job("x", 0.02)], exclusive=True)
+    assert all(e.wait(30) for e in started) and rec.peak == 2
+    exclusive = threading.Thread(target=cores.run, args=([rec.job("x", 0.02)],), kwargs={"exclusive": True})
+    exclusive.start()
+    queued(cores, 1)
+    time.sleep(0.1)  # time for a wrong scheduler to start x beside the lanes
+    assert "x" not in rec.solo
+    release.set()
     lanes.join()
+    exclusive.join()
     assert rec.solo["x"] is True and not rec.beside["x"]
 
 

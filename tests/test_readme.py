@@ -81,9 +81,20 @@ def test_realtime_example(server_and_dir: tuple[Server, Path]) -> None:
     assert transcript.strip() and deltas and "".join(deltas) == transcript
 
 
-def test_quick_start_commands_exist() -> None:
-    assert "bash scripts/serve.sh" in README and "bash scripts/test.sh" in README
-    assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec bash scripts/test.sh")
+def test_quick_start_is_the_two_commands_ci_and_these_tests_run() -> None:
+    """The quick start block holds exactly two commands: the serve command, which the tests below start (offline
+    and with a stored model), and the test command, which .ci/run executes (so CI runs what the README says)."""
+    block = README.split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["bash scripts/serve.sh", "bash scripts/test.sh"]
+    run = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert run[-1] == "exec " + commands[1] and 'cd "$(dirname "$0")/.."' in run
+    import inspect
+
+    served = inspect.getsource(test_serve_command_serves_a_stored_model) + inspect.getsource(
+        test_serve_command_offline_serves_the_demo_model
+    )
+    assert served.count('script="' + commands[0].split()[1] + '"') == 2
 
 
 def test_serve_command_offline_serves_the_demo_model(tmp_path: Path) -> None:
