@@ -5,10 +5,12 @@ service/service.py hands BentoML's store entries and dependency proxy in."""
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.api.keys import KeyStore
 from service.api.realtime import SessionLimits
 from service.audio.decode import Limits
 from service.audio.vad import SileroVAD
@@ -25,6 +27,17 @@ from service.recognition.recognizer import Recognizer
 from service.settings import Settings
 
 log = logging.getLogger("asr")
+
+
+def key_store(settings: Settings, announce: bool) -> KeyStore:
+    """The API keys in force (KeysError for keys that cannot be used); `announce`: say at start whether the
+    service is open."""
+    keys = KeyStore(settings.api_keys_file, settings.api_keys)
+    if announce:
+        required = f"asr: API keys required ({keys.count()} in force)"
+        open_ = "asr: no API keys set: the service is open to anyone who reaches it (ASR_API_KEYS_FILE or ASR_API_KEYS)"
+        print(required if keys.enabled else open_, file=sys.stderr, flush=True)
+    return keys
 
 
 def load_engines(settings: Settings, entries: list[Any]) -> list[Recognizer]:

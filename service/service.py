@@ -22,11 +22,11 @@ from service.api.disconnect import AbandonedCallLog, CancelOnDisconnect
 from service.api.formats import ResponseFormat
 from service.api.forms import FormRoute
 from service.api.guard import Access, RequestGuard
-from service.api.keys import KeysError, KeyStore
+from service.api.keys import KeysError
 from service.api.requestlog import REQUEST_LOG
 from service.api.schemas import Transcription
 from service.catalog import start_problem
-from service.components import engines_status, entry_parts, load_engines
+from service.components import engines_status, entry_parts, key_store, load_engines
 from service.pipeline.client import Readiness
 from service.recognition.recognizer import Recognizer, SegmentResult
 from service.remote import RemoteRecognizer
@@ -56,18 +56,9 @@ MODELS = [bentoml.models.BentoModel(tag) for tag in SETTINGS.served_tags(bentoml
 if _problem := start_problem([str(m.tag) for m in MODELS], SETTINGS.variant, MODELS):
     _fail(_problem)
 try:
-    KEYS = KeyStore(SETTINGS.api_keys_file, SETTINGS.api_keys)
+    KEYS = key_store(SETTINGS, announce=bentoml.server_context.worker_index is None)
 except KeysError as _exc:
     _fail(str(_exc))
-if bentoml.server_context.worker_index is None:  # said once, at start
-    print(
-        f"asr: API keys required ({KEYS.count()} in force)"
-        if KEYS.enabled
-        else "asr: no API keys set: the service is "
-        "open to anyone who reaches it (ASR_API_KEYS_FILE or ASR_API_KEYS to require one)",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def _method(index: int, kind: str = "infer") -> str:
