@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,12 +40,8 @@ PIECES = [
 ]
 WORDS = ["कर", "कमा", "मन", "सर", "नमस्ते", "मिस", "है", "के", "हल", "मेल", "रस", "नर"]
 
-
-def processor() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
 
 
 def logprobs(vocab: int, seed: int) -> Any:
@@ -93,7 +89,9 @@ def main() -> int:
     import kenlm
     from pyctcdecode.language_model import LanguageModel, load_unigram_set_from_arpa
 
+    from benchmarks.report import publish
     from export.lm import build_arpa
+    from export.variants import cpu_name
     from service.recognition.prefix_search import Hotwords, PrefixSearch, WordLM, arpa_unigrams
 
     logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
@@ -130,7 +128,7 @@ def main() -> int:
         "# Beam search: our prefix search against pyctcdecode 0.5",
         "",
         f"`python benchmarks/beam_decoder.py`; {SECONDS} s of peaked random frames (40-ms steps), hotwords on, best of "
-        f"{args.passes} interleaved passes; {processor()}, one thread.",
+        f"{args.passes} interleaved passes; {cpu_name()}, one thread.",
         "",
         "| vocabulary | width | LM | ours, ms per s of audio | pyctcdecode, ms per s | ours / theirs | same text |",
         "|---|---|---|---|---|---|---|",
@@ -141,10 +139,7 @@ def main() -> int:
             f"| {vocab_name} | {width} | {lm_name} | {ours_ms:.2f} | {ref_ms:.2f} | {ours_ms / ref_ms:.2f} | "
             f"{'yes' if same else 'no'} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    return 0
+    return publish(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 import timeit
@@ -19,12 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "an unknown CPU"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
 
 
 def model_dir(tag: str | None) -> Path:
@@ -52,6 +49,8 @@ def main() -> int:
     import bentoml
     from _bentoml_sdk.io_models import IOMixin
 
+    from benchmarks.report import publish
+    from export.variants import cpu_name
     from service.manifest import Manifest
     from service.recognition.recognizer import Recognizer, SegmentResult
 
@@ -94,10 +93,7 @@ def main() -> int:
     for name, seconds in per_call.items():
         lines.append(f"| {name} | {seconds * 1000:.3f} | {seconds / request_cpu * 100:.2f} % |")
     lines += ["", f"Recognition of one 10-s segment: {request_cpu * 1000:.1f} ms of CPU (best of 5)."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    return 0
+    return publish(args.out, lines)
 
 
 if __name__ == "__main__":

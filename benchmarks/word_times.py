@@ -32,29 +32,12 @@ def exported(work: Path) -> Path:
     return Path(directory)
 
 
-def aligned(truth: list[str], got: list[str]) -> list[tuple[int, int]]:
-    """(true index, predicted index) of a minimum-edit alignment: matches and substitutions."""
-    n, m = len(truth), len(got)
-    cost = [[i + j if i == 0 or j == 0 else 0 for j in range(m + 1)] for i in range(n + 1)]
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            cost[i][j] = min(cost[i - 1][j - 1] + (truth[i - 1] != got[j - 1]), cost[i - 1][j] + 1, cost[i][j - 1] + 1)
-    pairs, i, j = [], n, m
-    while i and j:
-        if cost[i][j] == cost[i - 1][j - 1] + (truth[i - 1] != got[j - 1]):
-            pairs.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif cost[i][j] == cost[i - 1][j] + 1:
-            i -= 1
-        else:
-            j -= 1
-    return pairs[::-1]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/word_times.md"))
     args = parser.parse_args()
+    from benchmarks.report import publish
+    from demo.metrics import align_words
     from demo.speech import spoken_words
     from demo.text import read_heldout
     from service.audio.segment import Segment
@@ -91,7 +74,7 @@ def main() -> int:
                 [Segment(0, audio)], [result], detok, manifest.frame_shift_s, rate, duration, audio.shape[0], None
             )
             got = assembled.words
-            for i, j in aligned([s.word for s in spans], [w.word for w in got]):
+            for i, j in align_words([s.word for s in spans], [w.word for w in got]):
                 a, b = abs(got[j].start - spans[i].start), abs(got[j].end - spans[i].end)
                 starts.append(a)
                 ends.append(b)
@@ -115,10 +98,7 @@ def main() -> int:
             f"| {decoding} | {pad} | {within}/{total} ({within / total:.1%}) | {start * 1000:.0f} | {end * 1000:.0f} |"
         )
     lines += ["", f"Best for greedy: {best[1]} frame(s) (the service uses {transcript_pad})."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    return 0
+    return publish(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,26 @@ def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
     return previous[-1]
 
 
+def align_words(truth: Sequence[str], got: Sequence[str]) -> list[tuple[int, int]]:
+    """Pairs (true index, predicted index) of a minimum-edit alignment of two word sequences (matches and
+    substitutions; a deleted or inserted word pairs with nothing)."""
+    n, m = len(truth), len(got)
+    cost = [[i + j if i == 0 or j == 0 else 0 for j in range(m + 1)] for i in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            cost[i][j] = min(cost[i - 1][j - 1] + (truth[i - 1] != got[j - 1]), cost[i - 1][j] + 1, cost[i][j - 1] + 1)
+    pairs, i, j = [], n, m
+    while i and j:
+        if cost[i][j] == cost[i - 1][j - 1] + (truth[i - 1] != got[j - 1]):
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif cost[i][j] == cost[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
+
+
 def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Corpus CER: total character edits / total reference characters (spaces count as characters)."""
     edits = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, hyps, strict=True))

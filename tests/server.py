@@ -107,3 +107,10 @@ class Server:
         self.proc.wait(timeout=10)
         self.proc = None
         self.log.close()
+
+
+def serve_to_the_end(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`bentoml serve` of this checkout with `env` added, run until it exits (for starts that must fail)."""
+    full = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
+    cmd = [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", "0"]
+    return subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)

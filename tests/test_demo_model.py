@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from demo import augment
-from demo.metrics import cer, roc_auc, wer
+from demo.metrics import align_words, cer, roc_auc, wer
 from demo.speech import RATE, Span, speak, spoken_words
 from demo.text import read_heldout
 from tests import speech
@@ -99,28 +99,8 @@ def test_every_encoding_says_the_same(server: Server, label: str, container: str
 
 
 def aligned(true_words: list[str], got: list[dict]) -> list[tuple[int, int]]:  # type: ignore[type-arg]
-    """Pairs (true index, predicted index) of a minimum-edit alignment of the two word sequences (matches and
-    substitutions; a deleted or inserted word pairs with nothing)."""
-    n, m = len(true_words), len(got)
-    cost = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n + 1):
-        cost[i][0] = i
-    for j in range(m + 1):
-        cost[0][j] = j
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            sub = cost[i - 1][j - 1] + (true_words[i - 1] != got[j - 1]["word"])
-            cost[i][j] = min(sub, cost[i - 1][j] + 1, cost[i][j - 1] + 1)
-    pairs, i, j = [], n, m
-    while i and j:
-        if cost[i][j] == cost[i - 1][j - 1] + (true_words[i - 1] != got[j - 1]["word"]):
-            pairs.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif cost[i][j] == cost[i - 1][j] + 1:
-            i -= 1
-        else:
-            j -= 1
-    return pairs[::-1]
+    """Pairs (true index, predicted index) of a minimum-edit alignment of the true words and the answer's."""
+    return align_words(true_words, [w["word"] for w in got])
 
 
 @pytest.fixture(scope="module")

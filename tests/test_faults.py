@@ -129,20 +129,10 @@ def test_settings_that_cannot_work_stop_the_start(
 ) -> None:
     """`bentoml serve` stops at once with one line naming the setting (not BentoML's schema error about its
     own `traffic.timeout`, and not at the first request)."""
-    import subprocess
-
-    from tests.server import BENTOML, ROOT
+    from tests.server import serve_to_the_end
 
     env = {k: v.replace("TAG", tiny_bpe.tag) for k, v in env.items()}
-    full = {**os.environ, "ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "BENTOML_DO_NOT_TRACK": "True", **env}
-    run = subprocess.run(
-        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", "0"],
-        cwd=ROOT,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = serve_to_the_end({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", **env})
     lines = [x for x in (run.stdout + run.stderr).splitlines() if x.strip()]
     assert run.returncode != 0 and "Traceback" not in run.stderr
     errors = [x for x in lines if x.startswith("error:")]

@@ -22,7 +22,7 @@ import pytest
 from tests import speech
 from tests.audio_files import encode
 from tests.conftest import Exported
-from tests.server import BENTOML, ROOT, Server
+from tests.server import Server, serve_to_the_end
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
 
@@ -267,15 +267,7 @@ def test_the_document_says_how_to_authenticate(keyed: tuple[Server, Path, Path])
 def test_a_key_with_other_characters_stops_the_start(tiny_bpe: Exported, tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text("good-key\nbad key with spaces\n", encoding="utf-8")
-    env = {**os.environ, "ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "ASR_API_KEYS_FILE": str(keys)}
-    run = subprocess.run(
-        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = serve_to_the_end({"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "ASR_API_KEYS_FILE": str(keys)})
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode != 0 and len(errors) == 1 and "entry 2" in errors[0], run.stderr[-2000:]
     assert "bad key" not in run.stderr and "Traceback" not in run.stderr

@@ -38,7 +38,10 @@ def quantised(audio: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(tiny_bpe: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu"}
+    # one batch at a time in the recognizer (ASR_CPU_LANES=1): while a stream's buffer runs, the other streams'
+    # buffers queue and go in the next batch together, however fast the machine is (with two lanes a loaded CI
+    # machine once ran all of them one by one, and test_streams_share_the_batch_queue saw no batch of two)
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "ASR_CPU_LANES": "1"}
     with Server(env, tmp_path_factory.mktemp("logs") / "realtime.log") as s:
         yield s
 
