@@ -159,6 +159,7 @@ def test_speaking_gives_live_text_then_a_line_per_sentence(browser: Any, server:
     finally:
         chromium.close()
     heard = api(server, work / "three.wav")["text"]
+    print(f"speak: {len(lines)} lines, CER {cer([heard], [' '.join(lines)]):.3f} against /transcribe of the same audio")
     assert len(lines) == 3 and cer([heard], [" ".join(lines)]) <= 0.10, (lines, heard)
 
 
