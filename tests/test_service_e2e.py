@@ -276,8 +276,12 @@ def test_concurrency_limit_and_timeout(tiny_bpe: Exported, tmp_path: Path) -> No
     with Server(env, tmp_path / "limits.log") as s:
         responses = asyncio.run(flood(s.url))
         codes = sorted(r.status_code for r in responses)
-        # all 8 arrive within milliseconds, long before either admitted one can end (1 s): exactly 2 in, 6 out
-        assert codes == [429] * 6 + [504] * 2, codes
+        # None can finish within the 1-s timeout (several seconds of work each): every admitted one times out,
+        # and while 2 are in every other is refused at once. Usually all 8 arrive within milliseconds (2 in, 6
+        # out: what this machine shows idle); on a loaded one an upload may arrive after an admitted one timed out
+        # and take its slot. So the count is of what the mechanism guarantees whatever the load: nothing but 429
+        # and 504, the first 2 admitted, and at least one of 8 uploads sent at once refused while 2 are in.
+        assert set(codes) <= {429, 504} and codes.count(504) >= 2 and codes.count(429) >= 1, codes
         for r in responses:
             error(r, r.status_code, {429: "too_many_requests", 504: "timeout"}[r.status_code])
         error(post(s.url, long_audio), 504, "timeout")
