@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service import patches
+from service.api import openai_api, transcribe
+from service.api.forms import FormRoute
+from service.api.guard import Access
 from service.api.keys import KeyStore
 from service.api.realtime import SessionLimits
 from service.audio.decode import Limits
@@ -120,3 +124,30 @@ def entry_parts(
     streams = StreamTranscription(recognition, threads, directories, streaming, vad)
     realtime_limits = SessionLimits(s.realtime_sessions, s.realtime_max_s, s.realtime_idle_s)
     return EntryParts(Policy(catalog, rules), recognition, files, streams, realtime_limits)
+
+
+def served_paths(batch_apis: list[str]) -> set[str]:
+    """What the service answers, for BentoML's HTTP metrics (any other path is counted as "other"; a path ending
+    in "/" stands for its family)."""
+    doors = {"/transcribe", "/status", "/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/v1/realtime"}
+    bentoml_own = {"/", "/docs.json", "/schema.json", "/readyz", "/livez", "/healthz", "/metrics", "/static_content/"}
+    return doors | bentoml_own | {"/ui", "/ui/"} | {f"/{name}" for name in batch_apis}
+
+
+def guard_options(settings: Settings, access: Access, readiness: Readiness) -> dict[str, Any]:
+    """The request guard's options (service/api/guard.py): the limits, the transcription routes' forms and the
+    doors that answer them, readiness, who may call."""
+    return {
+        "max_body": settings.max_upload_bytes,
+        "routes": {
+            "/transcribe": FormRoute(transcribe.FILE_FIELD, transcribe.answer_form, transcribe.FIELDS),
+            "/v1/audio/transcriptions": FormRoute(
+                openai_api.FILE_FIELD, openai_api.answer_form, openai_api.OPENAI_FIELDS, "openai", allow_unknown=True
+            ),
+        },
+        "max_concurrency": settings.max_concurrency,
+        "timeout_s": settings.timeout_s,
+        "readiness": readiness,
+        "read_bentoml_bodies": patches.applied("bentoml_error_bodies"),
+        "access": access,
+    }

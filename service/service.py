@@ -20,13 +20,12 @@ from service.api import openai_api, openapi, page, transcribe
 from service.api.access import cors, open_paths
 from service.api.disconnect import AbandonedCallLog, CancelOnDisconnect
 from service.api.formats import ResponseFormat
-from service.api.forms import FormRoute
 from service.api.guard import Access, RequestGuard
 from service.api.keys import KeysError
 from service.api.requestlog import REQUEST_LOG
 from service.api.schemas import Transcription
 from service.catalog import start_problem
-from service.components import engines_status, entry_parts, key_store, load_engines
+from service.components import engines_status, entry_parts, guard_options, key_store, load_engines, served_paths
 from service.pipeline.client import Readiness
 from service.recognition.recognizer import Recognizer, SegmentResult
 from service.remote import RemoteRecognizer
@@ -34,6 +33,7 @@ from service.settings import Settings, SettingsError
 
 log = logging.getLogger("asr")
 T = TypeVar("T")
+BATCH_KINDS = ("infer", "logprobs", "stream")  # greedy results, log-probabilities for beam search, streams' buffers
 
 
 def _fail(message: str) -> None:
@@ -102,7 +102,7 @@ def _batch_api(index: int, kind: str) -> Callable[..., Any]:
 
 def _with_batch_apis(cls: type[T]) -> type[T]:
     for index in range(len(MODELS)):
-        for kind in ("infer", "logprobs", "stream"):
+        for kind in BATCH_KINDS:
             setattr(cls, _method(index, kind), _batch_api(index, kind))
     return cls
 
@@ -110,11 +110,7 @@ def _with_batch_apis(cls: type[T]) -> type[T]:
 # as many batches in flight, and threads to run them, as lanes: a lane that frees takes the next segment at once
 patches.concurrent_batches = CPU_LANES = SETTINGS.recognizer_lanes()
 patches.on_dropped = metrics.SEGMENTS_DROPPED.inc
-patches.known_paths.update(  # what the service answers (BentoML's HTTP metrics count any other path as "other")
-    {"/", "/docs.json", "/schema.json", "/readyz", "/livez", "/healthz", "/metrics", "/transcribe", "/status"}
-    | {"/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/static_content/", "/v1/realtime", "/ui", "/ui/"}
-    | {f"/{_method(i, kind)}" for i in range(len(MODELS)) for kind in ("infer", "logprobs", "stream")}
-)
+patches.known_paths.update(served_paths([_method(i, kind) for i in range(len(MODELS)) for kind in BATCH_KINDS]))
 
 
 @bentoml.service(
@@ -228,18 +224,5 @@ class Transcriber:
 OPEN_PATHS = open_paths(SETTINGS.metrics_auth, SETTINGS.docs_auth)
 if patches.applied("openapi_document"):  # /docs.json and the bento's apis/openapi.yaml: service/api/openapi.py
     openapi.install(Transcriber, secured=KEYS.enabled, open_paths=OPEN_PATHS)
-Transcriber.add_asgi_middleware(  # type: ignore[attr-defined]
-    RequestGuard,
-    max_body=SETTINGS.max_upload_bytes,
-    routes={
-        "/transcribe": FormRoute(transcribe.FILE_FIELD, transcribe.answer_form, transcribe.FIELDS),
-        "/v1/audio/transcriptions": FormRoute(
-            openai_api.FILE_FIELD, openai_api.answer_form, openai_api.OPENAI_FIELDS, "openai", allow_unknown=True
-        ),
-    },
-    max_concurrency=SETTINGS.max_concurrency,
-    timeout_s=SETTINGS.timeout_s,
-    readiness=READINESS,
-    read_bentoml_bodies=patches.applied("bentoml_error_bodies"),
-    access=Access(KEYS, OPEN_PATHS, SETTINGS.cors_origins),
-)
+guard = guard_options(SETTINGS, Access(KEYS, OPEN_PATHS, SETTINGS.cors_origins), READINESS)
+Transcriber.add_asgi_middleware(RequestGuard, **guard)  # type: ignore[attr-defined]
