@@ -1,6 +1,7 @@
 """The services' parts, built from the settings and the served models' store entries: the recognizer's engines
-(one ONNX Runtime session per model) and the entry's policy, recognizer client and pipelines. Plain Python:
-service/service.py hands BentoML's store entries and dependency proxy in."""
+(one ONNX Runtime session per model); the entry's policy, recognizer client and pipelines; the API keys; the
+request guard's options and the paths the service answers. Plain Python: service/service.py hands BentoML's store
+entries and dependency proxy in."""
 
 from __future__ import annotations
 
