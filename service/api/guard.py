@@ -120,7 +120,7 @@ class RequestGuard:
             if not self._admitted(scope, headers, record):
                 await self._unauthorized(send, style, headers, record.key_reason)
                 return
-            await self._route(scope, receive, send, route, style)
+            await self._route(scope, receive, send, route, style, headers)
         finally:
             record.log()
 
@@ -166,7 +166,9 @@ class RequestGuard:
             await send({"type": "websocket.close", "code": 1008})
         return False
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send, route: FormRoute | None, style: str) -> None:
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, route: FormRoute | None, style: str, headers: dict[str, str]
+    ) -> None:
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -185,7 +187,7 @@ class RequestGuard:
         self.in_flight += 1
         try:
             with anyio.fail_after(self.timeout_s):
-                await self._guarded(scope, receive, tracking_send, route)
+                await self._guarded(scope, receive, tracking_send, route, headers)
         except TimeoutError:
             if not started:
                 message = f"not transcribed within {self.timeout_s:g} s"
@@ -193,8 +195,9 @@ class RequestGuard:
         finally:
             self.in_flight -= 1
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, route: FormRoute) -> None:
-        headers = _headers(scope)
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, route: FormRoute, headers: dict[str, str]
+    ) -> None:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
             await self._too_large(send, route.style)
