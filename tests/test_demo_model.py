@@ -151,6 +151,39 @@ def test_word_times_sit_on_the_words(
     assert within >= {"greedy": 0.92, "beam": 0.91}[decoding] * total
 
 
+def words_within(spans: list[Span], words: list[dict]) -> int:  # type: ignore[type-arg]
+    """How many true words have a recognised word whose start and end are both within TOLERANCE_S."""
+    return sum(
+        1
+        for i, j in aligned([s.word for s in spans], words)
+        if abs(words[j]["start"] - spans[i].start) <= TOLERANCE_S and abs(words[j]["end"] - spans[i].end) <= TOLERANCE_S
+    )
+
+
+def test_word_times_hold_in_a_long_file(server: Server, word_by_word: list[tuple[np.ndarray, list[Span]]]) -> None:
+    """The same words as one file of several minutes, which the service cuts into segments at pauses: the
+    words' absolute times are as good as in the files of one segment each, but for the words beside a cut (a
+    cut ends the model's context there: at most the word on each side, 2 a cut). The long-audio test with
+    random weights can only place words within the pause around their sentence."""
+    alone = sum(
+        words_within(spans, transcribe(server, a, timestamps="true").json()["words"]) for a, spans in word_by_word
+    )
+    audio = np.concatenate([a for a, _ in word_by_word])
+    spans, offset = [], 0.0
+    for part, part_spans in word_by_word:
+        spans += [Span(s.word, s.start + offset, s.end + offset) for s in part_spans]
+        offset += part.shape[0] / RATE
+    body = transcribe(server, audio, timestamps="true").json()
+    cuts = len(body["segments"]) - 1
+    assert cuts > 0 and body["duration_s"] > 120  # cut, as long audio is
+    within = words_within(spans, body["words"])
+    print(
+        f"word times in one {body['duration_s']:.0f}-s file ({cuts + 1} segments): {within}/{len(spans)} words "
+        f"within {TOLERANCE_S} s; {alone} in files of one segment each"
+    )
+    assert within >= alone - 2 * cuts
+
+
 def cue_times(text: str) -> list[tuple[float, float, str]]:
     import re
 

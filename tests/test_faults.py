@@ -61,7 +61,9 @@ def test_kill_recognizer_under_load(tiny_bpe: Exported, tmp_path: Path) -> None:
             if r.status_code == 200:
                 break
             assert r.status_code == 503 and set(r.json()) == {"error", "message"}
-            assert time.monotonic() - killed_at < 30, "not recovered within 30 s"
+            # BentoML's arbiter starts a new worker at once; it is back when it has loaded the model (a few
+            # seconds here). The bound only stops a test that never recovers: 120 s.
+            assert time.monotonic() - killed_at < 120, "not recovered within 120 s"
             time.sleep(0.5)
         recovery = time.monotonic() - killed_at
         print(f"recovered {recovery:.1f} s after kill -9")

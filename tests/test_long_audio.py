@@ -110,7 +110,8 @@ def test_long_file_is_cut_in_pauses_and_equals_nemo_per_segment(
 def test_word_times_match_the_sentences(server: Server, long_file: tuple[bytes, list[tuple[float, float]]]) -> None:
     """Random weights put words anywhere inside their utterance, so the stated tolerance is the silence around
     it: every word lies between the end of the previous sentence and the start of the next one (one pause,
-    0.8 s, on each side of its own sentence), and times are monotonic within the audio."""
+    0.8 s, on each side of its own sentence), and times are monotonic within the audio. (With a trained model,
+    tests/test_demo_model.py holds a long file's word times to 0.12 s.)"""
     wav, spans = long_file
     body, _ = peak_rss_during(server, wav)
     words = body["words"]
@@ -141,9 +142,12 @@ def test_memory_does_not_grow_with_the_square(
         f"recognizer peak RSS: 30 s {peak_short / mb:.0f} MB, 3 min {peak_long / mb:.0f} MB, "
         f"10 min {peak_ten / mb:.0f} MB"
     )
-    # Flat, as the README says: 20x the audio of the 30-s file in the same memory (at most 4 segments of a
-    # request in the recognizer at once; a square law would need 400x the attention memory)
-    assert peak_ten < peak_short * 1.1 and peak_long < peak_short * 1.1
+    # Flat: 20x the audio of the 30-s file in the same memory. The recognizer holds at most 4 segments of a
+    # request at once, so its peak does not depend on the file's length; holding the file's audio alone
+    # would add 38 MB (600 s as float32), a square law in one 600-s segment gigabytes. The bound is half the
+    # audio's size: 19 MB above the 30-s file's peak (measured here: +5 MB).
+    bound = peak_short + 600 * RATE * 4 / 2
+    assert peak_ten < bound and peak_long < bound
 
 
 def test_vad_sends_speech_only_with_absolute_times(vad_server: Server, tiny_char: Exported, tmp_path: Path) -> None:

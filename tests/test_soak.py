@@ -31,15 +31,20 @@ def test_short_soak(tiny_bpe: Exported, tmp_path: Path) -> None:
         f"RSS {report.rss_mb[0]:.0f}->{report.rss_mb[-1]:.0f} MB (growth {report.growth(report.rss_mb):+.1%}), "
         f"fds {report.fds[0]}->{report.fds[-1]}, temp files max {max(report.temp_files)}"
     )
-    assert report.requests > 50 and report.failed == 0, (report.statuses, report.errors[:3])
-    # Flat after warm-up (the issue's target: < 5 %). Before the fix of BentoML's timeout timers
-    # (service.patches._release_timeout_timers) every answered request stayed in memory for 300 s: +42 % in
-    # the 5-minute soak, ~70-100 KB a request.
-    per_request_kb = report.rise(report.rss_mb) * 1024 / max(1, report.requests * 0.6)
+    # Enough requests that a leak of the kinds below stands far above the noise.
+    assert report.requests > 100 and report.failed == 0, (report.statuses, report.errors[:3])
+    # Memory: before the fix of BentoML's timeout timers (service.patches._release_timeout_timers) every
+    # answered request stayed in memory for 300 s, 70-100 KB each (+42 % in the 5-minute soak). The medians'
+    # rise after warm-up, per request, must stay under half the smallest of those: 35 KB. (The issue's 5 %
+    # target is benchmarks/soak.py's, over 10 minutes; a 60-s rise in percent says more about the warm-up.)
+    per_request_kb = report.rise(report.rss_mb) * 1024 / (report.requests * 0.6)
     print(f"RSS growth after warm-up: {per_request_kb:.0f} KB per request")
-    assert report.growth(report.rss_mb) < 0.05 and per_request_kb < 20
-    # Descriptors: flat after warm-up (a leak of one per request would add thousands). The samples swing by
-    # the uploads open at that second, one per request in flight (CI saw 103 -> 112 with a flat median).
-    assert report.rise(report.fds) <= 4
-    assert max(report.fds[len(report.fds) // 5 :]) <= max(report.fds[: max(1, len(report.fds) // 5)]) + 16
+    assert per_request_kb < 35
+    # Descriptors: at most 16 requests are in flight, each holding at most its upload, so the medians after
+    # warm-up and at the end differ by at most 16 however the samples fall; a leak of one per request would
+    # add > 60 (requests > 100, 60 % of them after warm-up). Every sample lies within the spread that 16
+    # requests in flight can make: each holds its client's socket and its upload in the entry, and its one
+    # segment's call to the recognizer at both ends (every payload is shorter than a segment): 4 x 16.
+    assert report.rise(report.fds) <= 16
+    assert max(report.fds) - min(report.fds) <= 4 * 16
     assert max(report.temp_files) <= 16  # at most one upload per request in flight
