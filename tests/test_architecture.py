@@ -32,7 +32,7 @@ EXPORT_MAY_USE = {
 
 def modules() -> dict[str, Path]:
     found = {}
-    for top in ("service", "export"):
+    for top in ("service", "export", "asr_transcribe"):
         for path in (ROOT / top).rglob("*.py"):
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -134,6 +134,20 @@ def test_export_takes_only_the_contract_from_service_and_service_never_imports_e
     assert [
         f"{a} -> {b}" for a, t in edges.items() if a.startswith("service") for b in t if b.startswith("export")
     ] == []
+
+
+def test_the_command_line_client_is_a_client() -> None:
+    """asr_transcribe talks to the service over HTTP only: it imports nothing of service/ or export/ (a user
+    installs it beside a remote service), and nothing there imports it."""
+    edges = graph()
+    assert any(a.startswith("asr_transcribe") for a in edges)
+    crossing = [
+        f"{a} -> {b}"
+        for a, t in edges.items()
+        for b in t
+        if a.startswith("asr_transcribe") != b.startswith("asr_transcribe")
+    ]
+    assert crossing == []
 
 
 @pytest.mark.parametrize(

@@ -202,8 +202,8 @@ def test_several_models_example_runs_offline_as_written(tmp_path: Path) -> None:
 
 
 def test_architecture_page_names_files_that_exist_and_every_module() -> None:
-    """docs/architecture.md's folder listing names existing files only, and every module of service/ and
-    export/."""
+    """docs/architecture.md's folder listing names existing files only, and every module of service/, export/
+    and asr_transcribe/."""
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     block = page.split("## The folders", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     named, folder = set(), ""
@@ -216,7 +216,7 @@ def test_architecture_page_names_files_that_exist_and_every_module() -> None:
     assert named and not [p for p in named if not (ROOT / p).exists()]
     modules = {
         p.relative_to(ROOT).as_posix()
-        for top in ("service", "export")
+        for top in ("service", "export", "asr_transcribe")
         for p in (ROOT / top).rglob("*.py")
         if p.name != "__init__.py"
     }
@@ -226,13 +226,20 @@ def test_architecture_page_names_files_that_exist_and_every_module() -> None:
 def test_every_code_block_of_the_readme_is_an_example_a_test_runs() -> None:
     """Each fenced code block but the quick start, the quoted line and the deployment commands is marked as an
     example, and each marked example is run by a test (this module, test_beam, test_clients, test_realtime,
-    test_keys)."""
+    test_keys, test_cli)."""
     blocks = re.findall(r"(<!-- example: ([\w ]+) -->\n)?```(\w+)\n", README)
     unmarked = [lang for marker, _, lang in blocks if not marker]
     assert unmarked == ["bash", "text", "bash"], unmarked  # quick start, the offline line, deployment
     runners = " ".join(
         (ROOT / "tests" / f).read_text(encoding="utf-8")
-        for f in ("test_readme.py", "test_beam.py", "test_clients.py", "test_realtime.py", "test_keys.py")
+        for f in (
+            "test_readme.py",
+            "test_beam.py",
+            "test_clients.py",
+            "test_realtime.py",
+            "test_keys.py",
+            "test_cli.py",
+        )
     )
     for _, name, _ in blocks:
         if name:

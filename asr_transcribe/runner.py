@@ -1,0 +1,228 @@
+"""The files through the service: `concurrency` workers, each with its own BentoML AsyncHTTPClient (the client
+closes the files it opened when a call ends, so calls in flight do not share one), refusals that say "later"
+(429, 503) retried after their Retry-After, every other error counted with its status and code. Progress over
+files and audio hours on a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asr_transcribe.inputs import FORMATS, Item
+from asr_transcribe.ledger import Ledger, write_atomically
+
+RETRYABLE = {429, 503}
+ATTEMPTS = 5
+
+
+@dataclass
+class Failure:
+    source: Path
+    status: int  # HTTP status, 0 when no answer came
+    code: str  # the service's error code, or what went wrong on the way
+    message: str
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    done: int = 0
+    skipped: int = 0
+    audio_s: float = 0.0  # of the files transcribed in this run
+    wall_s: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    url: str
+    token: str | None
+    fmt: str
+    fields: dict[str, Any]  # /transcribe's fields besides the audio and response_format
+    timeout_s: float
+    wait_ready_s: float = 30.0  # how long to wait for the service's /readyz at start
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """What the transcript depends on (the ledger's test of "done")."""
+        return {"format": self.fmt, **self.fields}
+
+
+def probe_duration_s(path: Path) -> float | None:
+    """The audio's length from its container's header (PyAV), for progress and RTFx; None when unknown."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.duration:
+                return float(container.duration) / 1_000_000  # av.time_base
+            stream = container.streams.audio[0]
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:
+        return None
+    return None
+
+
+def error_of(exc: Exception) -> tuple[int, str, str]:
+    """(status, code, message) of a failed call: the service's JSON error body when it sent one."""
+    status = int(getattr(exc, "error_code", 0) or 0)
+    text = str(getattr(exc, "message", "") or exc)
+    with contextlib.suppress(ValueError, TypeError):
+        body = json.loads(text)
+        if isinstance(body, dict) and "error" in body:
+            error = body["error"]
+            if isinstance(error, dict):  # OpenAI's shape, should a proxy answer with it
+                return status, str(error.get("code") or error.get("type")), str(error.get("message", ""))
+            return status, str(error), str(body.get("message", ""))
+    return status, type(exc).__name__ if not status else "http_error", text[:500]
+
+
+class Progress:
+    """A rich progress bar over files and audio hours on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool, files: int, audio_s: float) -> None:
+        self.bar: Any = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                transient=False,
+            )  # fmt: skip
+            self.files = self.bar.add_task("files", total=files)
+            self.hours = self.bar.add_task("audio minutes", total=round(audio_s / 60, 1) or None)
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[None]:
+        if self.bar is None:
+            yield
+            return
+        with self.bar:
+            yield
+
+    def advance(self, audio_s: float | None) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.files)
+            if audio_s:
+                self.bar.advance(self.hours, round(audio_s / 60, 1))
+
+
+async def transcribe_one(
+    client: Any, item: Item, request: Request, out_dir: Path
+) -> tuple[float | None, Failure | None]:
+    """One file: the answer written atomically to its output. Retries refusals that say "later"."""
+    response_format = FORMATS[request.fmt][0]
+    for attempt in range(ATTEMPTS):
+        try:
+            answer = await client.transcribe(audio=item.source, response_format=response_format, **request.fields)
+        except Exception as exc:  # BentoML's client raises BentoMLException for HTTP errors, httpx's for transport
+            status, code, message = error_of(exc)
+            if status in RETRYABLE and attempt + 1 < ATTEMPTS:
+                await asyncio.sleep(min(30.0, 2.0**attempt))
+                continue
+            return None, Failure(item.source, status, code, message)
+        if isinstance(answer, dict):
+            data = json.dumps(answer, ensure_ascii=False, indent=2).encode()
+            duration = answer.get("duration_s")
+            audio_s = float(duration) if isinstance(duration, (int, float)) else None
+        else:
+            data, audio_s = str(answer).encode(), None
+        write_atomically(out_dir / item.output, data)
+        return audio_s, None
+    raise AssertionError("unreachable")
+
+
+class NotReady(Exception):
+    """The service did not answer /readyz with 200 in time."""
+
+
+async def wait_ready(url: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    async with httpx.AsyncClient(timeout=5) as client:
+        while True:
+            try:
+                r = await client.get(url + "/readyz")
+                if r.status_code == 200:
+                    return
+                last = f"/readyz answered {r.status_code}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__} {exc}".strip()
+            if time.monotonic() >= deadline:
+                raise NotReady(f"not ready after {timeout_s:g} s ({last})")
+            await asyncio.sleep(0.5)
+
+
+async def run(
+    items: list[Item], request: Request, out_dir: Path, concurrency: int, ledger: Ledger, show_progress: bool
+) -> Summary:
+    import bentoml
+
+    summary = Summary(files=len(items))
+    started = time.monotonic()
+    todo: list[tuple[Item, float | None]] = []
+    for item in items:
+        if ledger.done(item.source, item.output, request.options):
+            summary.skipped += 1
+        else:
+            todo.append((item, probe_duration_s(item.source)))
+    progress = Progress(show_progress and bool(todo), len(todo), sum(d or 0.0 for _, d in todo))
+    queue: asyncio.Queue[tuple[Item, float | None]] = asyncio.Queue()
+    for entry in todo:
+        queue.put_nowait(entry)
+
+    async def worker() -> None:
+        # readiness was waited for once, below: BentoML's own wait polls /readyz without pausing
+        client = bentoml.AsyncHTTPClient(
+            request.url, token=request.token, timeout=request.timeout_s, server_ready_timeout=0
+        )
+        async with client:
+            while True:
+                try:
+                    item, probed = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                answered, failure = await transcribe_one(client, item, request, out_dir)
+                audio_s = answered if answered is not None else probed
+                if failure is not None:
+                    summary.failures.append(failure)
+                else:
+                    ledger.record(item.source, item.output, request.options, audio_s)
+                    summary.done += 1
+                    summary.audio_s += audio_s or 0.0
+                progress.advance(audio_s)
+
+    if todo:
+        await wait_ready(request.url, request.wait_ready_s)
+    loop = asyncio.get_running_loop()
+    with progress.shown():
+        workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(todo)))]
+
+        def interrupt() -> None:  # Ctrl-C: calls in flight are cancelled (the service drops their work)
+            summary.interrupted = True
+            for task in workers:
+                task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            loop.add_signal_handler(signal.SIGINT, interrupt)
+        try:
+            outcomes = await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+    summary.wall_s = time.monotonic() - started
+    for outcome in outcomes:
+        if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome  # a worker that could not work at all (the service unreachable): the command says so
+    return summary
