@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from service import patches
-from service.api import openai_api, transcribe
+from service.api import jobs, openai_api, transcribe
 from service.api.forms import FormRoute
 from service.api.guard import Access
 from service.api.keys import KeyStore
@@ -23,6 +23,7 @@ from service.catalog import Catalog, ServedModel, segment_samples
 from service.manifest import Manifest
 from service.pipeline.client import Readiness, Recognition, RecognizerClient
 from service.pipeline.files import FileSettings, FileTranscription
+from service.pipeline.jobstore import JobStore
 from service.pipeline.policy import DecodingRules, Policy
 from service.pipeline.streams import StreamSettings, StreamTranscription
 from service.pipeline.threads import CpuThreads
@@ -97,6 +98,7 @@ class EntryParts:
     files: FileTranscription
     streams: StreamTranscription
     realtime_limits: SessionLimits
+    jobs: jobs.Jobs
 
 
 def entry_parts(
@@ -124,13 +126,18 @@ def entry_parts(
     streaming = StreamSettings(s.realtime_sessions, s.stream_chunk_s, s.stream_buffer_s)
     streams = StreamTranscription(recognition, threads, directories, streaming, vad)
     realtime_limits = SessionLimits(s.realtime_sessions, s.realtime_max_s, s.realtime_idle_s)
-    return EntryParts(Policy(catalog, rules), recognition, files, streams, realtime_limits)
+    job_limits = replace(limits, max_duration_s=s.job_max_duration_s, max_decoded_mb=s.job_max_decoded_mb)
+    job_files = FileTranscription(recognition, job_limits, vad, threads, beams, files.settings)
+    store = JobStore(Path(s.jobs_dir).expanduser(), s.jobs_max, s.job_ttl_s)
+    job_parts = jobs.Jobs(store, job_files, s.jobs_running)
+    return EntryParts(Policy(catalog, rules), recognition, files, streams, realtime_limits, job_parts)
 
 
 def served_paths(batch_apis: list[str]) -> set[str]:
     """What the service answers, for BentoML's HTTP metrics (any other path is counted as "other"; a path ending
     in "/" stands for its family)."""
     doors = {"/transcribe", "/status", "/v1/audio/transcriptions", "/v1/models", "/v1/models/", "/v1/realtime"}
+    doors |= {jobs.ROUTE, f"{jobs.ROUTE}/submit", *jobs.TASK_ROUTES}
     bentoml_own = {"/", "/docs.json", "/schema.json", "/readyz", "/livez", "/healthz", "/metrics", "/static_content/"}
     return doors | bentoml_own | {"/ui", "/ui/"} | {f"/{name}" for name in batch_apis}
 
@@ -142,6 +149,11 @@ def guard_options(settings: Settings, access: Access, readiness: Readiness) -> d
         "max_body": settings.max_upload_bytes,
         "routes": {
             "/transcribe": FormRoute(transcribe.FILE_FIELD, transcribe.answer_form, transcribe.FIELDS),
+            # BentoML's direct call of the job task: answered as /transcribe is
+            jobs.ROUTE: FormRoute(transcribe.FILE_FIELD, transcribe.answer_form, transcribe.FIELDS),
+            f"{jobs.ROUTE}/submit": FormRoute(
+                transcribe.FILE_FIELD, jobs.submit_form, transcribe.FIELDS, max_body=settings.job_max_upload_bytes
+            ),
             "/v1/audio/transcriptions": FormRoute(
                 openai_api.FILE_FIELD, openai_api.answer_form, openai_api.OPENAI_FIELDS, "openai", allow_unknown=True
             ),
@@ -151,4 +163,5 @@ def guard_options(settings: Settings, access: Access, readiness: Readiness) -> d
         "readiness": readiness,
         "read_bentoml_bodies": patches.applied("bentoml_error_bodies"),
         "access": access,
+        "own": dict.fromkeys(jobs.TASK_ROUTES, jobs.task_app),
     }

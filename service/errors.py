@@ -66,6 +66,28 @@ class RecognizerUnavailable(ASRError, RuntimeError):
     status, code = HTTPStatus.SERVICE_UNAVAILABLE, "unavailable"
 
 
+class JobNotFound(ASRError, LookupError):
+    """No job with this id for this caller (another key's job is as unknown as an id never given out)."""
+
+    status, code = HTTPStatus.NOT_FOUND, "job_not_found"
+
+
+class JobNotFinished(ASRError, RuntimeError):
+    """The answer of a job still queued or running, or canceled."""
+
+    status, code = HTTPStatus.CONFLICT, "job_not_finished"
+
+
+class JobExpired(ASRError, RuntimeError):
+    """A finished job whose answer was deleted after ASR_JOB_TTL_S."""
+
+    status, code = HTTPStatus.GONE, "job_expired"
+
+
+class TooManyJobs(ASRError, RuntimeError):
+    status, code = HTTPStatus.TOO_MANY_REQUESTS, "too_many_jobs"
+
+
 class ModelMismatch(RuntimeError):
     """The model entry does not match what its manifest promises (raised at start-up, never to clients)."""
 

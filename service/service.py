@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import anyio
 import bentoml
@@ -175,11 +175,20 @@ class Transcriber:
         parts = entry_parts(SETTINGS, _entries(self), methods, client, READINESS)
         self.policy, self.recognition, self.files = parts.policy, parts.recognition, parts.files
         self.streams, self.realtime_limits = parts.streams, parts.realtime_limits
+        self.jobs = parts.jobs
         REQUEST_LOG.disabled = False  # under BentoML's logging set-up, done before this runs
         REQUEST_LOG.setLevel(logging.INFO)
 
     async def __is_ready__(self) -> bool:
         return (await self.recognition.status())["ready"] is True
+
+    @bentoml.on_startup
+    async def _start_jobs(self) -> None:
+        self.jobs.runner.start()
+
+    @bentoml.on_shutdown
+    async def _stop_jobs(self) -> None:
+        await self.jobs.runner.stop()
 
     @bentoml.api
     async def transcribe(
@@ -213,6 +222,27 @@ class Transcriber:
         if ctx is not None and not isinstance(answer, Transcription):
             ctx.response.status_code = answer.status_code  # with a ctx parameter, BentoML sets the status from it
         return answer  # type: ignore[return-value]
+
+    @bentoml.task
+    async def transcribe_job(
+        self,
+        audio: Path,
+        timestamps: bool = False,
+        response_format: ResponseFormat = "json",
+        model: str = "",
+        language: str = "",
+        decoding: Literal["default", "greedy", "beam"] = "default",
+        hotwords: str = "",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> Transcription | str:
+        """A transcription job for long recordings: the same fields and answer as /transcribe, with the jobs'
+        limits (ASR_JOB_MAX_UPLOAD_MB, ASR_JOB_MAX_DURATION_S). POST /transcribe_job/submit queues it and answers
+        {"task_id", "status"}; GET /transcribe_job/status and /transcribe_job/get, PUT /transcribe_job/cancel and
+        POST /transcribe_job/retry take ?task_id=. Jobs are kept on disk (ASR_JOBS_DIR): they survive restarts,
+        and a finished job's answer is kept ASR_JOB_TTL_S. POST /transcribe_job itself answers at once, as
+        /transcribe."""
+        answer = await self.transcribe(audio, timestamps, response_format, model, language, decoding, hotwords, ctx=ctx)
+        return cast("Transcription | str", answer)
 
     @bentoml.api
     async def status(self) -> dict[str, Any]:

@@ -114,6 +114,18 @@ class Settings:
     docs_auth: bool = True
     # Origins whose browsers may call the API (CORS), comma-separated, or * for any; empty: none.
     cors_origins: tuple[str, ...] = ()
+    # Jobs (POST /transcribe_job/submit, BentoML's task routes): the folder of the job table, the uploads waiting
+    # and the answers (a volume: restarts keep them); jobs queued or running at once (429 beyond); seconds a
+    # finished job's answer is kept; jobs each entry process runs at once.
+    jobs_dir: str = "~/.cache/asr/jobs"
+    jobs_max: int = 100
+    job_ttl_s: float = 86400.0
+    jobs_running: int = 1
+    # Jobs' own limits, apart from the interactive ones: upload MB (held in memory while it arrives, then on
+    # disk), audio seconds (4 h), decoded MB at the upload's own rate.
+    job_max_upload_mb: float = 512.0
+    job_max_duration_s: float = 14400.0
+    job_max_decoded_mb: float = 5600.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -191,6 +203,12 @@ class Settings:
             "max_hotword_words": "a hotword phrase holds at least 1 word",
             "realtime_max_s": "the longest streaming session in seconds must be above 0",
             "realtime_idle_s": "seconds before an idle streaming session closes must be above 0",
+            "jobs_max": "at least 1 job must be allowed to wait",
+            "job_ttl_s": "seconds a job's answer is kept must be above 0",
+            "jobs_running": "each entry process runs at least 1 job at once",
+            "job_max_upload_mb": "a job's largest upload in MB must be above 0",
+            "job_max_duration_s": "a job's longest audio in seconds must be above 0",
+            "job_max_decoded_mb": "a job's largest decoded audio in MB must be above 0",
         }
         for name, rule in positive.items():
             if not getattr(self, name) > 0:
@@ -265,3 +283,7 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def job_max_upload_bytes(self) -> int:
+        return int(self.job_max_upload_mb * 1024 * 1024)

@@ -21,6 +21,7 @@ class FormRoute:
     fields: frozenset[str] = field(default_factory=frozenset)  # every accepted field, the file's included
     style: str = "asr"  # error bodies: "asr" {"error": code, "message": text}, or "openai" (OpenAI's shape)
     allow_unknown: bool = False  # ignore fields not in `fields` (OpenAI clients may send newer options)
+    max_body: int = 0  # the largest upload in bytes; 0: the guard's (ASR_MAX_UPLOAD_MB)
 
 
 async def check_form(scope: Scope, body: bytes, content_type: str, route: FormRoute) -> tuple[str, str | None, Any]:

@@ -93,8 +93,10 @@ class RequestGuard:
         readiness: Readiness,
         read_bentoml_bodies: bool = True,
         access: Access | None = None,
+        own: dict[str, ASGIApp] | None = None,
     ) -> None:
         self.app, self.max_body, self.routes = app, max_body, routes
+        self.own = own or {}  # paths our own ASGI apps answer (after the keys), whatever the method
         self.max_concurrency, self.timeout_s, self.readiness = max_concurrency, timeout_s, readiness
         # BentoML's own error bodies read field by field (their shapes are checked at start: service/patches.py);
         # else wrapped whole
@@ -169,6 +171,9 @@ class RequestGuard:
     async def _route(
         self, scope: Scope, receive: Receive, send: Send, route: FormRoute | None, style: str, headers: dict[str, str]
     ) -> None:
+        if scope["path"] in self.own:
+            await self.own[scope["path"]](scope, receive, send)
+            return
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -198,9 +203,10 @@ class RequestGuard:
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, route: FormRoute, headers: dict[str, str]
     ) -> None:
+        max_body = route.max_body or self.max_body
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            await self._too_large(send, route.style)
+        if declared.isdigit() and int(declared) > max_body:
+            await self._too_large(send, route.style, max_body)
             return
         body = bytearray()
         while True:
@@ -208,8 +214,8 @@ class RequestGuard:
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > self.max_body:
-                await self._too_large(send, route.style)
+            if len(body) > max_body:
+                await self._too_large(send, route.style, max_body)
                 return
             if not message.get("more_body", False):
                 break
@@ -230,8 +236,8 @@ class RequestGuard:
         finally:
             await form.close()
 
-    async def _too_large(self, send: Send, style: str) -> None:
-        limit_mb = self.max_body / (1024 * 1024)
+    async def _too_large(self, send: Send, style: str, max_body: int) -> None:
+        limit_mb = max_body / (1024 * 1024)
         body = error_body(style, 413, "upload_too_large", f"the upload is larger than {limit_mb:g} MB")
         await send_json(send, 413, body, {"connection": "close"})
 

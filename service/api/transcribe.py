@@ -19,6 +19,7 @@ from service.api.formats import ResponseFormat, media_type, render
 from service.api.replies import BENTOML_INTERNAL, Scope, error_body
 from service.api.schemas import SegmentSpan, Transcription, Word
 from service.errors import ASRError
+from service.pipeline.files import FileTranscription
 
 FILE_FIELD = "audio"
 BENTOML_CLIENT = "BentoML HTTP Client/"  # how BentoML's SyncHTTPClient, AsyncHTTPClient and proxies say who they are
@@ -50,11 +51,11 @@ def caller(ctx: Any) -> tuple[Any, str, str]:
     return ctx.request.state, str(headers.get("content-type", "")), str(headers.get("user-agent", ""))
 
 
-async def answer_form(scope: Scope, form: Any) -> Response:
-    """POST /transcribe from the form the request guard parsed: parsed once, the upload never written to a file.
-    The same fields, checks and answers as the BentoML API."""
+async def read_fields(form: Any) -> TranscribeFields | Response:
+    """The form's fields besides the file, as BentoML reads a form (a field's last value, JSON-decoded when it is
+    JSON), checked; or the 400 that says what is wrong."""
     fields: dict[str, Any] = {}
-    for key in form:  # as BentoML reads a form: a field's last value, JSON-decoded when it is JSON
+    for key in form:
         if key != FILE_FIELD:
             value = form[key]
             value = (await value.read()).decode("utf-8", "replace") if not isinstance(value, str) else value
@@ -63,12 +64,20 @@ async def answer_form(scope: Scope, form: Any) -> Response:
             except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: the text
                 fields[key] = value
     try:
-        options = TranscribeFields.model_validate(fields)
+        return TranscribeFields.model_validate(fields)
     except ValidationError as exc:
         errors = exc.errors()
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
         param = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
         return JSONResponse(error_body("asr", 400, "bad_request", problems, param), 400)
+
+
+async def answer_form(scope: Scope, form: Any) -> Response:
+    """POST /transcribe from the form the request guard parsed: parsed once, the upload never written to a file.
+    The same fields, checks and answers as the BentoML API."""
+    options = await read_fields(form)
+    if isinstance(options, Response):
+        return options
     data = await form[FILE_FIELD].read()
     headers = Headers(scope=scope)
     state = State(scope.setdefault("state", {}))
@@ -80,16 +89,23 @@ async def answer_form(scope: Scope, form: Any) -> Response:
 
 
 async def transcribe(
-    entry: Entry, data: bytes, options: TranscribeFields, state: Any, media: str, agent: str
+    entry: Entry,
+    data: bytes,
+    options: TranscribeFields,
+    state: Any,
+    media: str,
+    agent: str,
+    files: FileTranscription | None = None,
 ) -> Response | Transcription:
     """An upload's bytes and the request's options -> the answer (a Transcription itself for a parent service
     that sent pickled arguments). `state`: the request's, where the model and the audio's length are left for the
-    request's metrics and log line (service/api/requestlog.py)."""
+    request's metrics and log line (service/api/requestlog.py). `files`: the pipeline (default: the entry's, with
+    the interactive limits; jobs have their own)."""
     try:
         served = entry.policy.model(options.model, options.language)
         decoding = entry.policy.decoding(options.decoding, options.hotwords)
         state.asr_model = served.name
-        transcript = await entry.files.run(data, served, decoding)
+        transcript = await (files or entry.files).run(data, served, decoding)
         state.asr_audio_s = transcript.duration_s
     except ASRError as exc:  # (the request guard adds Retry-After to 503s)
         return JSONResponse(exc.body(), status_code=int(exc.status))

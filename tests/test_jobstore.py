@@ -1,0 +1,104 @@
+"""The job store (service/pipeline/jobstore.py) by itself: queue bound, owners, one claim per job across stores
+on one folder (several entry processes), leases that run out, the second loss failing the job, cancel, a clean
+hand-back, expiry that keeps the id known, retry of a failed job."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from service.errors import BadRequest, JobNotFound, TooManyJobs
+from service.pipeline import jobstore
+from service.pipeline.jobstore import JobStore
+
+
+def store(folder: Path, **kwargs: float) -> JobStore:
+    return JobStore(folder, int(kwargs.get("max_jobs", 3)), kwargs.get("ttl_s", 3600), kwargs.get("lease_s", 15))
+
+
+def test_queue_bound_owners_and_one_claim_per_job(tmp_path: Path) -> None:
+    a, b = store(tmp_path), store(tmp_path)  # two processes on one folder
+    jobs = [a.submit({"response_format": "json"}, b"audio%d" % i, owner="k1") for i in range(3)]
+    with pytest.raises(TooManyJobs):
+        b.submit({}, b"more", owner="k1")
+    assert not list((tmp_path / "uploads").glob("*.part")) and len(list((tmp_path / "uploads").iterdir())) == 3
+    with pytest.raises(JobNotFound):
+        a.get(jobs[0].id, owner="k2")  # another key's job is unknown to it
+    assert b.get(jobs[0].id, owner="k1").status()["status"] == "in_progress"
+    claimed = [a.claim("r1"), b.claim("r2"), a.claim("r1"), b.claim("r2")]
+    assert [j.id if j else None for j in claimed] == [jobs[0].id, jobs[1].id, jobs[2].id, None]  # oldest first
+    assert a.get(jobs[1].id, "k1").state == "running" and a.get(jobs[1].id, "k1").attempts == 1
+
+
+def test_a_finished_answer_is_kept_then_expires_with_its_id_still_known(tmp_path: Path) -> None:
+    s = store(tmp_path, ttl_s=0.2)
+    job = s.submit({}, b"audio")
+    s.claim("r")
+    assert s.finish(job.id, "r", 200, "application/x-subrip", b"1\n00:00:00,000 --> ...", 12.5)
+    done, body = s.answer(job.id)
+    assert done.status()["status"] == "completed" and body == b"1\n00:00:00,000 --> ..." and done.audio_s == 12.5
+    assert not s.upload_path(job.id).exists()  # a completed job's upload is gone
+    time.sleep(0.3)
+    assert s.expire() == 1
+    gone, body = s.answer(job.id)
+    assert gone.expired and body is None and gone.status()["expired"] is True
+    assert not s.answer_path(job.id).exists()
+
+
+def test_a_lost_job_runs_again_once_then_fails_with_the_reason(tmp_path: Path) -> None:
+    s = store(tmp_path, lease_s=0.05)
+    job = s.submit({}, b"audio")
+    assert s.claim("dead-1") is not None
+    time.sleep(0.1)  # its runner stopped renewing (killed)
+    assert s.recover() == (1, [])
+    assert s.get(job.id).state == "queued"
+    assert s.claim("dead-2") is not None and s.get(job.id).attempts == 2
+    time.sleep(0.1)
+    assert s.recover() == (0, [job.id])
+    failed, body = s.answer(job.id)
+    assert failed.status()["status"] == "failed" and failed.status_code == 503
+    assert (
+        json.loads(body or b"")["error"] == "unavailable"
+        and "stopped while this job ran" in json.loads(body or b"")["message"]
+    )
+
+
+def test_a_live_lease_is_not_taken_and_cancel_stops_the_runner(tmp_path: Path) -> None:
+    s = store(tmp_path, lease_s=0.3)
+    job = s.submit({}, b"audio")
+    s.claim("r")
+    for _ in range(3):
+        time.sleep(0.15)
+        assert s.renew(job.id, "r")  # renewed within its lease: never recovered
+        assert s.recover() == (0, [])
+    assert s.cancel(job.id).state == "canceled" and not s.upload_path(job.id).exists()
+    assert not s.renew(job.id, "r")  # the runner learns it must stop
+    assert not s.finish(job.id, "r", 200, "application/json", b"{}", 1.0)  # a late answer is dropped
+    assert s.get(job.id).state == "canceled" and s.answer(job.id)[1] is None
+
+
+def test_a_clean_stop_hands_running_jobs_back_and_retry_reruns_a_failed_one(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    first, second = s.submit({"model": ""}, b"one"), s.submit({}, b"two")
+    s.claim("r")
+    assert s.hand_back("r") == 1
+    assert s.get(first.id).state == "queued" and s.get(first.id).attempts == 0
+    s.claim("r")
+    s.finish(first.id, "r", 415, "application/json", b'{"error": "unsupported_format"}', None)
+    assert s.get(first.id).status()["status"] == "failed" and s.upload_path(first.id).read_bytes() == b"one"
+    again = s.retry(first.id)
+    assert again.id != first.id and again.fields == {"model": ""} and s.upload_path(again.id).read_bytes() == b"one"
+    with pytest.raises(BadRequest):
+        s.retry(second.id)  # only a failed job
+
+
+def test_states_read_as_bentomls(tmp_path: Path) -> None:
+    """BentoML's clients parse the status with their own enum: every state maps to one of its values."""
+    from _bentoml_impl.tasks.result import ResultStatus
+
+    assert {jobstore.BENTOML_STATUS[s] for s in jobstore.BENTOML_STATUS} | {"canceled"} <= {
+        v.value for v in ResultStatus
+    }
