@@ -35,6 +35,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timestamps", action="store_true", help="word times in json output")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one file (default 3600)")
+    parser.add_argument("--jobs", action="store_true", help="each file as a job (for hours-long files; resumable)")
     parser.add_argument("--wait-ready", type=float, default=30.0, help="seconds to wait for the service at start")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (none either when not on a terminal)")
     args = parser.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             fields[name] = getattr(args, name)
     if args.decoding != "default":
         fields["decoding"] = args.decoding
-    request = Request(args.url.rstrip("/"), args.token, args.format, fields, args.timeout, args.wait_ready)
+    request = Request(args.url.rstrip("/"), args.token, args.format, fields, args.timeout, args.wait_ready, args.jobs)
     show = not args.quiet and sys.stderr.isatty()
     try:
         summary = asyncio.run(run(items, request, args.out, args.concurrency, ledger, show))

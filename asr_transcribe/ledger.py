@@ -1,8 +1,9 @@
 """What is done: one JSON file in the output folder naming, for every finished input, its transcript, the
 options it was made with and the input's size, modification time and SHA-256. A rerun skips a file whose
 transcript is there and whose input and options did not change (a touched but identical file is recognised by
-its hash); anything else is sent again. Written atomically after every file, so an interrupted run loses at
-most the files in flight."""
+its hash); anything else is sent again. With --jobs it also names the job each unfinished input waits for, so a
+rerun after Ctrl-C waits for that job rather than submitting the file again. Written atomically after every
+change, so an interrupted run loses at most the files in flight."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Ledger:
         self.path = folder / NAME
         self._lock = threading.Lock()
         self.entries: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}  # --jobs: the job each unfinished input waits for
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text("utf-8"))
@@ -54,6 +56,7 @@ class Ledger:
             if not isinstance(data, dict) or data.get("version") != VERSION:
                 raise ValueError(f"{self.path} is not a ledger this tool wrote; move it away")
             self.entries = dict(data.get("files", {}))
+            self.jobs = dict(data.get("jobs", {}))
 
     def done(self, source: Path, output: Path, options: dict[str, Any]) -> bool:
         """True when `output` holds this input's transcript made with these options."""
@@ -79,8 +82,28 @@ class Ledger:
         }
         with self._lock:
             self.entries[str(source)] = entry
-            payload = {"version": VERSION, "files": self.entries}
-            write_atomically(self.path, json.dumps(payload, ensure_ascii=False, indent=1).encode())
+            self.jobs.pop(str(source), None)
+            self._save()
+
+    def _save(self) -> None:
+        payload = {"version": VERSION, "files": self.entries, "jobs": self.jobs}
+        write_atomically(self.path, json.dumps(payload, ensure_ascii=False, indent=1).encode())
+
+    def waiting_job(self, source: Path, options: dict[str, Any]) -> str | None:
+        """The job an earlier run submitted for this input with these options (it may still be running)."""
+        entry = self.jobs.get(str(source))
+        stat = source.stat()
+        same_input = entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+        if entry and same_input and entry.get("options") == options:
+            return str(entry["task_id"])
+        return None
+
+    def remember_job(self, source: Path, options: dict[str, Any], task_id: str) -> None:
+        stat = source.stat()
+        entry = {"task_id": task_id, "options": options, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        with self._lock:
+            self.jobs[str(source)] = entry
+            self._save()
 
     def duration_s(self, source: Path) -> float | None:
         value = self.entries.get(str(source), {}).get("duration_s")

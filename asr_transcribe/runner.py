@@ -49,6 +49,7 @@ class Request:
     fields: dict[str, Any]  # /transcribe's fields besides the audio and response_format
     timeout_s: float
     wait_ready_s: float = 30.0  # how long to wait for the service's /readyz at start
+    jobs: bool = False  # each file as a job (POST /transcribe_job/submit), waited for, instead of one request
 
     @property
     def options(self) -> dict[str, Any]:
@@ -117,14 +118,66 @@ class Progress:
                 self.bar.advance(self.hours, round(audio_s / 60, 1))
 
 
+class ServiceError(Exception):
+    """An error answer of the service (the job routes are called with httpx, not BentoML's client)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status}: {text[:200]}")
+        self.error_code, self.message = status, text
+
+
+async def by_job(http: Any, item: Item, request: Request, ledger: Ledger) -> Any:
+    """One file as a job: submitted once (its id kept in the ledger, so a rerun after an interruption waits for
+    the same job), its status polled until it ends, then its answer: a dict for JSON, else the text."""
+    task_id = ledger.waiting_job(item.source, request.options)
+    if task_id and (await http.get("/transcribe_job/status", params={"task_id": task_id})).status_code == 404:
+        task_id = None  # expired or from another server: submit again
+    if task_id is None:
+        data = {"response_format": FORMATS[request.fmt][0]}
+        data |= {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in request.fields.items()}
+
+        async def submit() -> str:
+            with item.source.open("rb") as f:
+                r = await http.post("/transcribe_job/submit", files={"audio": (item.source.name, f)}, data=data)
+            if r.status_code >= 400:
+                raise ServiceError(r.status_code, r.text)
+            ledger.remember_job(item.source, request.options, str(r.json()["task_id"]))
+            return str(r.json()["task_id"])
+
+        # Ctrl-C during a submit lets it finish and be recorded: the server has the job, a rerun waits for it
+        submitting = asyncio.ensure_future(submit())
+        try:
+            task_id = await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await submitting
+            raise
+    pause = 0.5
+    while True:
+        r = await http.get("/transcribe_job/status", params={"task_id": task_id})
+        if r.status_code >= 400:
+            raise ServiceError(r.status_code, r.text)
+        if r.json()["status"] != "in_progress":
+            break
+        await asyncio.sleep(pause)
+        pause = min(5.0, pause * 1.5)
+    r = await http.get("/transcribe_job/get", params={"task_id": task_id})
+    if r.status_code >= 400:
+        raise ServiceError(r.status_code, r.text)
+    return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+
+
 async def transcribe_one(
-    client: Any, item: Item, request: Request, out_dir: Path
+    client: Any, http: Any, item: Item, request: Request, out_dir: Path, ledger: Ledger
 ) -> tuple[float | None, Failure | None]:
     """One file: the answer written atomically to its output. Retries refusals that say "later"."""
     response_format = FORMATS[request.fmt][0]
     for attempt in range(ATTEMPTS):
         try:
-            answer = await client.transcribe(audio=item.source, response_format=response_format, **request.fields)
+            if request.jobs:
+                answer = await by_job(http, item, request, ledger)
+            else:
+                answer = await client.transcribe(audio=item.source, response_format=response_format, **request.fields)
         except Exception as exc:  # BentoML's client raises BentoMLException for HTTP errors, httpx's for transport
             status, code, message = error_of(exc)
             if status in RETRYABLE and attempt + 1 < ATTEMPTS:
@@ -168,6 +221,7 @@ async def run(
     items: list[Item], request: Request, out_dir: Path, concurrency: int, ledger: Ledger, show_progress: bool
 ) -> Summary:
     import bentoml
+    import httpx
 
     summary = Summary(files=len(items))
     started = time.monotonic()
@@ -187,13 +241,15 @@ async def run(
         client = bentoml.AsyncHTTPClient(
             request.url, token=request.token, timeout=request.timeout_s, server_ready_timeout=0
         )
-        async with client:
+        headers = {"authorization": f"Bearer {request.token}"} if request.token else {}
+        http = httpx.AsyncClient(base_url=request.url, headers=headers, timeout=request.timeout_s)
+        async with client, http:
             while True:
                 try:
                     item, probed = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                answered, failure = await transcribe_one(client, item, request, out_dir)
+                answered, failure = await transcribe_one(client, http, item, request, out_dir, ledger)
                 audio_s = answered if answered is not None else probed
                 if failure is not None:
                     summary.failures.append(failure)

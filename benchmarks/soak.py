@@ -72,6 +72,8 @@ def main() -> None:
             text=True,
         )
         summary = [line for line in out.stdout.splitlines() if line.startswith("fuzz:")]
+        if out.returncode:  # say why, rather than only that it failed
+            print(out.stdout[-4000:], out.stderr[-2000:], sep="\n", file=sys.stderr)
         lines += [
             f"| fuzz: mutated WAV/FLAC/MP3 files ({time.monotonic() - started:.0f} s) | "
             f"{summary[0] if summary else 'no summary'}; pytest exit {out.returncode} |"

@@ -372,7 +372,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout", type=int, default=300, help="held-out sentences (written with --write-heldout)")
     p.add_argument("--write-heldout", action="store_true", help=f"renew {HELDOUT_FILE.name}")
     p.add_argument("--dev", type=int, default=48, help="held-out sentences scored during training")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=3500)  # the checkpoint's run (demo/training.json)
     p.add_argument("--batch-s", type=float, default=64.0, help="seconds of padded audio per batch")
     p.add_argument("--batch-items", type=int, default=24)
     p.add_argument("--lr", type=float, default=2e-3)

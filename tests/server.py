@@ -43,6 +43,7 @@ class Server:
             (shared / store).mkdir(parents=True, exist_ok=True)
             (home / store).symlink_to(shared / store, target_is_directory=True)
         self.env["BENTOML_HOME"] = str(home)
+        self.env.setdefault("ASR_JOBS_DIR", str(home / "jobs"))  # each server its own job store, unless shared
         self.log_path, self.target, self.wait_ready = log, target, wait_ready
         self.proc: subprocess.Popen[bytes] | None = None
 

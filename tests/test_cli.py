@@ -124,6 +124,39 @@ def test_the_readme_example_runs_as_written(server: Server, tmp_path: Path) -> N
     assert srt.read_text("utf-8") == direct(server.url, tmp_path / "recordings" / "2026" / "a.wav", "srt")
 
 
+def submissions(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    pattern = r'^asr_requests_total\{[^}]*route="/transcribe_job/submit"[^}]*\} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def test_jobs_give_the_same_transcripts_and_a_rerun_waits_for_the_same_jobs(server: Server, tmp_path: Path) -> None:
+    """--jobs: each file submitted as a job and waited for; the transcripts equal /transcribe's. Interrupted
+    after the first file, the rerun waits for the jobs already submitted: no file is submitted twice."""
+    base = tmp_path / "long"
+    base.mkdir()
+    clip = encode(np.concatenate([speech.hindi(t) for t in speech.SENTENCES * 4]), RATE)
+    for i in range(6):
+        (base / f"f{i}.wav").write_bytes(clip)
+    out = tmp_path / "out"
+    before = submissions(server.url)
+    command = [sys.executable, "-m", "asr_transcribe", str(base), "--url", server.url, "--out", str(out), "--jobs"]
+    proc = subprocess.Popen(
+        [*command, "--format", "vtt", "--concurrency", "2"], stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("*.vtt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    rerun = cli(str(base), "--url", server.url, "--out", str(out), "--jobs", "--format", "vtt")
+    assert rerun.returncode == 0 and "6 files:" in rerun.stderr, rerun.stderr
+    assert submissions(server.url) - before == 6  # each file once, across both runs
+    for i in range(6):
+        assert (out / "long" / f"f{i}.vtt").read_text("utf-8") == direct(server.url, base / f"f{i}.wav", "vtt")
+
+
 def test_json_with_word_times_equals_the_service(server: Server, tmp_path: Path) -> None:
     audio = tmp_path / "one.flac"
     audio.write_bytes(encode(speech.hindi(speech.SENTENCES[0]), RATE, "FLAC", "PCM_16"))

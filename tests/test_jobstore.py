@@ -1,6 +1,6 @@
 """The job store (service/pipeline/jobstore.py) by itself: queue bound, owners, one claim per job across stores
 on one folder (several entry processes), leases that run out, the second loss failing the job, cancel, a clean
-hand-back, expiry that keeps the id known, retry of a failed job."""
+hand-back, expiry that keeps the id known, retry of a failed job; and the pacing of a job's segments."""
 
 from __future__ import annotations
 
@@ -102,3 +102,37 @@ def test_states_read_as_bentomls(tmp_path: Path) -> None:
     assert {jobstore.BENTOML_STATUS[s] for s in jobstore.BENTOML_STATUS} | {"canceled"} <= {
         v.value for v in ResultStatus
     }
+
+
+@pytest.mark.parametrize(
+    ("paced", "gpu", "most"), [(True, False, 1), (False, False, 4), (True, True, 8), (False, True, 16)]
+)
+def test_a_jobs_segments_are_paced(paced: bool, gpu: bool, most: int) -> None:
+    """Jobs run through a paced recognition (service/pipeline/client.py): one segment in flight on a CPU, half a
+    batch on a GPU, against 4 and a whole batch for a request, so interactive requests find room beside a job."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    import numpy as np
+
+    from service.pipeline.client import Readiness, Recognition
+
+    active, peak = [0], [0]
+
+    class Client:
+        async def call(self, method: str, items: list[Any]) -> list[Any]:
+            active[0] += len(items)
+            peak[0] = max(peak[0], active[0])
+            await asyncio.sleep(0.01)
+            active[0] -= len(items)
+            return [None] * len(items)
+
+        async def status(self) -> dict[str, Any]:
+            return {"ready": True, "reason": "", "gpu": gpu}
+
+    recognition = Recognition(Client(), Readiness(), batch_max=16, gpu=gpu, paced=paced)
+    served: Any = SimpleNamespace(name="m")
+    asyncio.run(recognition.status())
+    asyncio.run(recognition.run(served, [np.zeros(16, np.float32)] * 40, "greedy_m"))
+    assert peak[0] == most

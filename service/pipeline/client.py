@@ -49,22 +49,27 @@ class Readiness:
     permanent: bool = False  # True when the cause cannot clear by itself (no Retry-After then)
 
 
-def segments_in_flight(gpu: bool, batch_max: int) -> int:
+def segments_in_flight(gpu: bool, batch_max: int, paced: bool = False) -> int:
     """Segments of one request in the recognizer's queue at once: a long file neither fills the queue past its
     latency bound by itself (a 10-minute file is 20 segments) nor makes shorter requests wait behind all of it.
-    A GPU runs a whole batch at once: there a request may fill one."""
+    A GPU runs a whole batch at once: there a request may fill one. `paced` (jobs): one at a time on a CPU, half
+    a batch on a GPU, so interactive requests always find room beside a job."""
+    if paced:
+        return max(1, batch_max // 2) if gpu else 1
     return max(CPU_WINDOW, batch_max) if gpu else CPU_WINDOW
 
 
 class Recognition:
     """Items of one request through a model's batch queue, at most `window` in flight; and readiness."""
 
-    def __init__(self, client: RecognizerClient, readiness: Readiness, batch_max: int, gpu: bool) -> None:
-        self.client, self.readiness, self.batch_max = client, readiness, batch_max
+    def __init__(
+        self, client: RecognizerClient, readiness: Readiness, batch_max: int, gpu: bool, paced: bool = False
+    ) -> None:
+        self.client, self.readiness, self.batch_max, self.paced = client, readiness, batch_max, paced
         # Requests check readiness until it is first true, then never again: a loaded model does not go away,
         # and a recognizer that dies shows as 503 `unavailable` from the call itself. Probes always ask.
         self.ready = False
-        self.window = segments_in_flight(gpu, batch_max)  # until the recognizer says where it landed
+        self.window = segments_in_flight(gpu, batch_max, paced)  # until the recognizer says where it landed
 
     async def status(self) -> dict[str, Any]:
         """The recognizer's status (not ready, with the reason, when it does not answer)."""
@@ -76,7 +81,7 @@ class Recognition:
             status = {"ready": False, "reason": reason, "providers": [], "models": []}
         if status["ready"] is True:
             self.ready = True
-            self.window = segments_in_flight(bool(status.get("gpu")), self.batch_max)
+            self.window = segments_in_flight(bool(status.get("gpu")), self.batch_max, self.paced)
         self.readiness.reason, self.readiness.permanent = status["reason"], bool(status.get("permanent"))
         return status
 
