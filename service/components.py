@@ -129,8 +129,8 @@ def entry_parts(
     job_limits = replace(limits, max_duration_s=s.job_max_duration_s, max_decoded_mb=s.job_max_decoded_mb)
     paced = Recognition(client, readiness, s.batch_max_size, gpu=s.device == "cuda", paced=True)
     job_files = FileTranscription(paced, job_limits, vad, threads, beams, files.settings)
-    store = JobStore(Path(s.jobs_dir).expanduser(), s.jobs_max, s.job_ttl_s)
-    job_parts = jobs.Jobs(store, job_files, s.jobs_running)
+    folder = Path(s.jobs_dir).expanduser()
+    job_parts = jobs.Jobs(lambda: JobStore(folder, s.jobs_max, s.job_ttl_s), job_files, s.jobs_running)
     return EntryParts(Policy(catalog, rules), recognition, files, streams, realtime_limits, job_parts)
 
 

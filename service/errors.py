@@ -84,6 +84,12 @@ class JobExpired(ASRError, RuntimeError):
     status, code = HTTPStatus.GONE, "job_expired"
 
 
+class JobsUnavailable(ASRError, RuntimeError):
+    """The job store could not be opened (ASR_JOBS_DIR not writable): jobs are off, the rest serves."""
+
+    status, code = HTTPStatus.SERVICE_UNAVAILABLE, "unavailable"
+
+
 class TooManyJobs(ASRError, RuntimeError):
     status, code = HTTPStatus.TOO_MANY_REQUESTS, "too_many_jobs"
 

@@ -184,11 +184,11 @@ class Transcriber:
 
     @bentoml.on_startup
     async def _start_jobs(self) -> None:
-        self.jobs.runner.start()
+        self.jobs.start()
 
     @bentoml.on_shutdown
     async def _stop_jobs(self) -> None:
-        await self.jobs.runner.stop()
+        await self.jobs.stop()
 
     @bentoml.api
     async def transcribe(

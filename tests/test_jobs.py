@@ -265,3 +265,18 @@ def test_the_readme_examples_run_as_written(server: Server, tmp_path: Path) -> N
     curl = example("jobs curl").replace("http://127.0.0.1:3000", server.url)
     out = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
     assert '"task_id"' in out.stdout and '"status"' in out.stdout
+
+
+def test_an_unusable_jobs_folder_turns_jobs_off_and_the_rest_serves(tiny_bpe: Exported, tmp_path: Path) -> None:
+    """ASR_JOBS_DIR that cannot be created (here under a file; in a pod, a read-only root file system): the
+    service starts and transcribes, the job routes answer 503 with the reason, and the log says it once."""
+    (tmp_path / "a-file").write_text("not a folder")
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "ASR_JOBS_DIR": str(tmp_path / "a-file" / "jobs")}
+    with Server(env, tmp_path / "off.log") as s:
+        clip = encode(speech.hindi(speech.SENTENCES[0]), RATE)
+        assert httpx.post(s.url + "/transcribe", files={"audio": ("a.wav", clip)}, timeout=60).status_code == 200
+        off = httpx.post(s.url + "/transcribe_job/submit", files={"audio": ("a.wav", clip)}, timeout=60)
+        status = httpx.get(s.url + "/transcribe_job/status", params={"task_id": "f" * 32})
+        for r in (off, status):
+            assert r.status_code == 503 and r.json()["error"] == "unavailable" and "ASR_JOBS_DIR" in r.json()["message"]
+        assert "jobs are off" in s.logs()

@@ -11,6 +11,9 @@ would have given it: the same JSON, text, SRT or WebVTT, or the same error."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Protocol, cast
 
@@ -23,21 +26,50 @@ from service.api import transcribe
 from service.api.entry import Entry, current
 from service.api.job_runner import JobRunner
 from service.api.replies import Receive, Scope, Send, error_body
-from service.errors import ASRError, BadRequest, JobExpired, JobNotFinished
+from service.errors import ASRError, BadRequest, JobExpired, JobNotFinished, JobsUnavailable
 from service.pipeline.files import FileTranscription
 from service.pipeline.jobstore import CANCELED, COMPLETED, FAILED, Job, JobStore
 
+log = logging.getLogger("asr")
 ROUTE = "/transcribe_job"
 # BentoML's task routes: path -> the method BentoML's clients use
 TASK_ROUTES = {f"{ROUTE}/status": "GET", f"{ROUTE}/get": "GET", f"{ROUTE}/cancel": "PUT", f"{ROUTE}/retry": "POST"}
 
 
 class Jobs:
-    """What the job routes use of the entry: the store, the runner, the jobs' file pipeline."""
+    """What the job routes use of the entry: the store, the runner, the jobs' file pipeline. A store that cannot
+    be opened (ASR_JOBS_DIR not writable, e.g. a read-only root file system) turns jobs off with the reason, in
+    the log and in every job route's 503: the rest of the service serves."""
 
-    def __init__(self, store: JobStore, files: FileTranscription, slots: int) -> None:
-        self.store, self.files = store, files
-        self.runner = JobRunner(store, execute, slots)
+    def __init__(self, open_store: Callable[[], JobStore], files: FileTranscription, slots: int) -> None:
+        self.files, self.unavailable = files, ""
+        self._store: JobStore | None = None
+        self.runner: JobRunner | None = None
+        try:
+            self._store = open_store()
+        except (OSError, sqlite3.Error) as exc:
+            self.unavailable = f"jobs are off: their folder cannot be used ({exc}); set ASR_JOBS_DIR to a writable one"
+            log.error("asr: %s", self.unavailable)
+            return
+        self.runner = JobRunner(self._store, execute, slots)
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise JobsUnavailable(self.unavailable)
+        return self._store
+
+    def start(self) -> None:
+        if self.runner:
+            self.runner.start()
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.stop()
+
+    def wake(self) -> None:
+        if self.runner:
+            self.runner.wake()
 
 
 class JobEntry(Entry, Protocol):
@@ -78,7 +110,7 @@ async def submit_form(scope: Scope, form: Any) -> Response:
     except ASRError as exc:
         headers = {"retry-after": "30"} if exc.status == 429 else None
         return JSONResponse(exc.body(), status_code=int(exc.status), headers=headers)
-    entry.jobs.runner.wake()
+    entry.jobs.wake()
     return JSONResponse({"task_id": job.id, "status": job.status()["status"]})
 
 
@@ -114,7 +146,7 @@ async def _answer(path: str, task_id: str, owner: str, agent: str) -> Response:
         return JSONResponse(job.status())
     if path.endswith("/retry"):  # BentoML's retry: the same input again, as a new task
         job = await anyio.to_thread.run_sync(store.retry, task_id, owner)
-        entry.jobs.runner.wake()
+        entry.jobs.wake()
         return JSONResponse({"task_id": job.id, "status": job.status()["status"]})
     job, body = await anyio.to_thread.run_sync(store.answer, task_id, owner)
     if job.expired:
