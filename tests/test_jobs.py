@@ -198,8 +198,11 @@ def test_cancel_stops_the_recognition_and_the_queue_is_bounded(slow: tuple[Serve
     assert refused.status_code == 429 and refused.json()["error"] == "too_many_jobs" and refused.headers["retry-after"]
     for job_id in queued:  # one waits, the other runs in the second process
         assert httpx.put(server.url + "/transcribe_job/cancel", params={"task_id": job_id}).status_code == 200
-    while recognizer_segments(server.url) < 2:  # well into its segments
+    deadline = time.monotonic() + 120
+    while (progress := status(server.url, running)["progress"]) is None or progress["segments_done"] < 2:
+        assert time.monotonic() < deadline, progress  # its status shows the segments done, of how many
         time.sleep(0.1)
+    assert progress["segments"] > progress["segments_done"]
     canceled = httpx.put(server.url + "/transcribe_job/cancel", params={"task_id": running}).json()
     assert canceled["status"] == "canceled"
     # within 5 s the runner has seen it (it looks every second) and cancelled the recognition: its queued

@@ -74,6 +74,8 @@ def test_a_live_lease_is_not_taken_and_cancel_stops_the_runner(tmp_path: Path) -
         time.sleep(0.15)
         assert s.renew(job.id, "r")  # renewed within its lease: never recovered
         assert s.recover() == (0, [])
+    assert s.get(job.id).status()["progress"] is None  # nothing cut yet
+    assert s.renew(job.id, "r", (3, 40)) and s.get(job.id).status()["progress"] == {"segments_done": 3, "segments": 40}
     assert s.cancel(job.id).state == "canceled" and not s.upload_path(job.id).exists()
     assert not s.renew(job.id, "r")  # the runner learns it must stop
     assert not s.finish(job.id, "r", 200, "application/json", b"{}", 1.0)  # a late answer is dropped
@@ -134,5 +136,9 @@ def test_a_jobs_segments_are_paced(paced: bool, gpu: bool, most: int) -> None:
     recognition = Recognition(Client(), Readiness(), batch_max=16, gpu=gpu, paced=paced)
     served: Any = SimpleNamespace(name="m")
     asyncio.run(recognition.status())
-    asyncio.run(recognition.run(served, [np.zeros(16, np.float32)] * 40, "greedy_m"))
+    reports: list[tuple[int, int]] = []
+    asyncio.run(
+        recognition.run(served, [np.zeros(16, np.float32)] * 40, "greedy_m", lambda d, t: reports.append((d, t)))
+    )
     assert peak[0] == most
+    assert reports == [(d, 40) for d in range(1, 41)]  # the progress a job's status shows, item by item

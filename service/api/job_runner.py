@@ -100,7 +100,8 @@ class JobRunner:
                 done, _ = await asyncio.wait({work}, timeout=RENEW_S)
                 if done:
                     break
-                if not await anyio.to_thread.run_sync(self.store.renew, job.id, self.id):
+                progress = getattr(state, "progress", None)
+                if not await anyio.to_thread.run_sync(self.store.renew, job.id, self.id, progress):
                     work.cancel()  # canceled (or no longer ours): stop recognising at once
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await work

@@ -89,7 +89,11 @@ async def execute(job: Job, data: bytes, state: SimpleNamespace) -> tuple[int, s
     """A job's work: the /transcribe door's own answer to its upload and fields, with the jobs' limits."""
     entry = _entry()
     options = transcribe.TranscribeFields.model_validate(job.fields)
-    answer = await transcribe.transcribe(entry, data, options, state, "", "", files=entry.jobs.files)
+
+    def progress(done: int, total: int) -> None:  # read by the runner at each lease renewal
+        state.progress = (done, total)
+
+    answer = await transcribe.transcribe(entry, data, options, state, "", "", entry.jobs.files, progress)
     assert isinstance(answer, Response)
     return answer.status_code, answer.media_type or "application/json", bytes(answer.body)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -96,16 +97,17 @@ async def transcribe(
     media: str,
     agent: str,
     files: FileTranscription | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Response | Transcription:
     """An upload's bytes and the request's options -> the answer (a Transcription itself for a parent service
     that sent pickled arguments). `state`: the request's, where the model and the audio's length are left for the
     request's metrics and log line (service/api/requestlog.py). `files`: the pipeline (default: the entry's, with
-    the interactive limits; jobs have their own)."""
+    the interactive limits; jobs have their own); `progress(segments done, segments)` as they are recognised."""
     try:
         served = entry.policy.model(options.model, options.language)
         decoding = entry.policy.decoding(options.decoding, options.hotwords)
         state.asr_model = served.name
-        transcript = await (files or entry.files).run(data, served, decoding)
+        transcript = await (files or entry.files).run(data, served, decoding, progress)
         state.asr_audio_s = transcript.duration_s
     except ASRError as exc:  # (the request guard adds Retry-After to 503s)
         return JSONResponse(exc.body(), status_code=int(exc.status))

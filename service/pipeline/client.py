@@ -6,6 +6,7 @@ dependency call; tests can give any object with these two methods."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,8 +92,15 @@ class Recognition:
             if not status["ready"]:
                 raise NotReady(f"the service is not ready: {status['reason']}")
 
-    async def run(self, served: ServedModel, items: list[npt.NDArray[np.float32]], method: str) -> list[Any]:
-        """Every item through the model's batch queue `method`, at most `window` at a time; results in order."""
+    async def run(
+        self,
+        served: ServedModel,
+        items: list[npt.NDArray[np.float32]],
+        method: str,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Any]:
+        """Every item through the model's batch queue `method`, at most `window` at a time; results in order.
+        `progress(done, total)` after each item's result (a job's status shows it)."""
         in_flight = metrics.SEGMENTS_IN_FLIGHT.labels(model=served.name)
 
         async def call(batch: list[npt.NDArray[np.float32]]) -> list[Any]:
@@ -105,12 +113,20 @@ class Recognition:
         if not items:  # the VAD heard no speech in a long recording
             return []
         if len(items) <= self.window:
-            return await call(items)
+            results = await call(items)
+            if progress:
+                progress(len(items), len(items))
+            return results
         window = asyncio.Semaphore(self.window)
+        done = [0]
 
         async def one(item: npt.NDArray[np.float32]) -> Any:
             async with window:
-                return (await call([item]))[0]
+                result = (await call([item]))[0]
+            done[0] += 1
+            if progress:
+                progress(done[0], len(items))
+            return result
 
         tasks = [asyncio.ensure_future(one(item)) for item in items]
         try:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,15 @@ class FileTranscription:
         self.recognition, self.limits, self.vad = recognition, limits, vad  # vad None: cut by energy
         self.threads, self.beams, self.settings = threads, beams, settings
 
-    async def run(self, data: bytes, served: ServedModel, decoding: Decoding = GREEDY) -> Transcript:
-        """Decode, cut, recognise (batched, in that model's queue), assemble."""
+    async def run(
+        self,
+        data: bytes,
+        served: ServedModel,
+        decoding: Decoding = GREEDY,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Transcript:
+        """Decode, cut, recognise (batched, in that model's queue), assemble. `progress(segments done, segments)`
+        as the recognizer answers."""
         await self.recognition.check_ready()
         manifest, rate = served.manifest, served.manifest.sample_rate
         started = time.monotonic()
@@ -92,7 +100,7 @@ class FileTranscription:
                     stop.is_set,
                 )
                 speech_s = round(speech.speech_s(), 3)
-            raw = await self._recognize(served, [s.samples for s in segments], decoding)
+            raw = await self._recognize(served, [s.samples for s in segments], decoding, progress)
             if hearing is not None:
                 speech = await hearing
                 segments = [Segment(0, decoded.samples, speech.no_speech_prob(0, total))]
@@ -123,12 +131,16 @@ class FileTranscription:
         return transcript
 
     async def _recognize(
-        self, served: ServedModel, segments: list[npt.NDArray[np.float32]], decoding: Decoding
+        self,
+        served: ServedModel,
+        segments: list[npt.NDArray[np.float32]],
+        decoding: Decoding,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
         """Greedy results per segment, or (beam search) each segment's log-probabilities."""
         method = served.logprobs_method if decoding.beam else served.method
         try:
-            return await self.recognition.run(served, segments, method)
+            return await self.recognition.run(served, segments, method, progress)
         except RecognizerGone as exc:
             log.warning("recognizer call failed: %r", exc)
             raise RecognizerUnavailable("the recognizer restarted while transcribing; retry shortly") from exc

@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     status_code INTEGER,
     media_type TEXT,
     audio_s REAL,
-    expired INTEGER NOT NULL DEFAULT 0
+    expired INTEGER NOT NULL DEFAULT 0,
+    segments_done INTEGER,
+    segments_total INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, created_at);
 """
@@ -68,6 +70,7 @@ class Job:
     media_type: str | None
     audio_s: float | None
     expired: bool
+    progress: tuple[int, int] | None = None  # segments recognised, of how many (once the audio is cut)
 
     def status(self) -> dict[str, Any]:
         """BentoML's task status (its clients read `status`), with what else a caller may want to know."""
@@ -85,6 +88,9 @@ class Job:
             "attempts": self.attempts,
             "audio_s": self.audio_s,
             "expired": self.expired,
+            "progress": None
+            if self.progress is None
+            else {"segments_done": self.progress[0], "segments": self.progress[1]},
         }
 
 
@@ -97,6 +103,10 @@ class JobStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
             db.executescript(SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column in ("segments_done", "segments_total"):  # a table from before progress was kept
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER")
         finally:
             db.close()
 
@@ -138,6 +148,7 @@ class JobStore:
             media_type=row["media_type"],
             audio_s=row["audio_s"],
             expired=bool(row["expired"]),
+            progress=None if row["segments_total"] is None else (row["segments_done"], row["segments_total"]),
         )
 
     def submit(self, fields: dict[str, Any], upload: bytes, owner: str = "") -> Job:
@@ -185,12 +196,15 @@ class JobStore:
             job = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return self._job(job)
 
-    def renew(self, job_id: str, runner: str) -> bool:
-        """Extend the lease; False when the job is no longer this runner's to run (canceled, handed back)."""
+    def renew(self, job_id: str, runner: str, progress: tuple[int, int] | None = None) -> bool:
+        """Extend the lease (and note the progress); False when the job is no longer this runner's to run
+        (canceled, handed back)."""
+        done, total = progress or (None, None)
         with self._db() as db:
             changed = db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = ? AND runner = ?",
-                (time.time() + self.lease_s, job_id, RUNNING, runner),
+                "UPDATE jobs SET lease_until = ?, segments_done = COALESCE(?, segments_done), "
+                "segments_total = COALESCE(?, segments_total) WHERE id = ? AND state = ? AND runner = ?",
+                (time.time() + self.lease_s, done, total, job_id, RUNNING, runner),
             ).rowcount
         return changed == 1
 
