@@ -283,3 +283,27 @@ def test_an_unusable_jobs_folder_turns_jobs_off_and_the_rest_serves(tiny_bpe: Ex
         for r in (off, status):
             assert r.status_code == 503 and r.json()["error"] == "unavailable" and "ASR_JOBS_DIR" in r.json()["message"]
         assert "jobs are off" in s.logs()
+
+
+def test_jobs_have_their_own_limits(tiny_bpe: Exported, tmp_path: Path) -> None:
+    """ASR_JOB_MAX_UPLOAD_MB and ASR_JOB_MAX_DURATION_S apart from the interactive limits: a 10-s file over
+    /transcribe's limits is a job's to take; a job over the jobs' own limit fails with /transcribe's error."""
+    env = {
+        "ASR_MODEL": tiny_bpe.tag,
+        "ASR_DEVICE": "cpu",
+        "ASR_MAX_UPLOAD_MB": "0.2",
+        "ASR_MAX_DURATION_S": "5",
+        "ASR_JOB_MAX_UPLOAD_MB": "2",
+        "ASR_JOB_MAX_DURATION_S": "20",
+    }
+    ten, thirty = long_file(10), long_file(30)  # 0.32 and 0.96 MB
+    with Server(env, tmp_path / "limits.log") as s:
+        direct = httpx.post(s.url + "/transcribe", files={"audio": ("a.wav", ten)}, timeout=60)
+        assert direct.status_code == 413 and direct.json()["error"] == "upload_too_large"
+        taken, too_long = submit(s.url, ten), submit(s.url, thirty)
+        assert wait_state(s.url, taken, {"completed", "failed"})["status"] == "completed"
+        assert wait_state(s.url, too_long, {"completed", "failed"})["status"] == "failed"
+        failed = httpx.get(s.url + "/transcribe_job/get", params={"task_id": too_long})
+        assert failed.status_code == 413 and failed.json()["error"] == "audio_too_long"
+        big = httpx.post(s.url + "/transcribe_job/submit", files={"audio": ("a.wav", long_file(70))}, timeout=60)
+        assert big.status_code == 413 and big.json()["error"] == "upload_too_large" and "2 MB" in big.json()["message"]
