@@ -60,9 +60,11 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def requests_sent(url: str) -> float:
+def requests_sent(url: str, route: str = "/transcribe") -> float:
+    """The service's count of requests to `route` (asr_requests_total, summed over its labels)."""
     text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(r'^asr_requests_total\{[^}]*route="/transcribe"[^}]*\} (\S+)', text, re.M))
+    pattern = rf'^asr_requests_total\{{[^}}]*route="{re.escape(route)}"[^}}]*\}} (\S+)'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
 
 
 def direct(url: str, path: Path, fmt: str) -> str:
@@ -124,12 +126,6 @@ def test_the_readme_example_runs_as_written(server: Server, tmp_path: Path) -> N
     assert srt.read_text("utf-8") == direct(server.url, tmp_path / "recordings" / "2026" / "a.wav", "srt")
 
 
-def submissions(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    pattern = r'^asr_requests_total\{[^}]*route="/transcribe_job/submit"[^}]*\} (\S+)'
-    return sum(float(v) for v in re.findall(pattern, text, re.M))
-
-
 def test_jobs_give_the_same_transcripts_and_a_rerun_waits_for_the_same_jobs(server: Server, tmp_path: Path) -> None:
     """--jobs: each file submitted as a job and waited for; the transcripts equal /transcribe's. Interrupted
     after the first file, the rerun waits for the jobs already submitted: no file is submitted twice."""
@@ -139,7 +135,7 @@ def test_jobs_give_the_same_transcripts_and_a_rerun_waits_for_the_same_jobs(serv
     for i in range(6):
         (base / f"f{i}.wav").write_bytes(clip)
     out = tmp_path / "out"
-    before = submissions(server.url)
+    before = requests_sent(server.url, "/transcribe_job/submit")
     command = [sys.executable, "-m", "asr_transcribe", str(base), "--url", server.url, "--out", str(out), "--jobs"]
     proc = subprocess.Popen(
         [*command, "--format", "vtt", "--concurrency", "2"], stderr=subprocess.PIPE, text=True, cwd=ROOT
@@ -152,7 +148,7 @@ def test_jobs_give_the_same_transcripts_and_a_rerun_waits_for_the_same_jobs(serv
     assert proc.returncode == 130, stderr
     rerun = cli(str(base), "--url", server.url, "--out", str(out), "--jobs", "--format", "vtt")
     assert rerun.returncode == 0 and "6 files:" in rerun.stderr, rerun.stderr
-    assert submissions(server.url) - before == 6  # each file once, across both runs
+    assert requests_sent(server.url, "/transcribe_job/submit") - before == 6  # each file once, across both runs
     for i in range(6):
         assert (out / "long" / f"f{i}.vtt").read_text("utf-8") == direct(server.url, base / f"f{i}.wav", "vtt")
 

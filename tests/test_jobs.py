@@ -28,6 +28,7 @@ from tests.conftest import Exported
 from tests.graphs import slow_graph, store_with_graph
 from tests.server import Server
 from tests.test_readme import example
+from tests.test_under_load import segment_counts
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
 RATE = 16000
@@ -142,13 +143,6 @@ def test_a_url_in_audio_is_refused_and_never_fetched(server: Server) -> None:
     assert hits == []
 
 
-def recognizer_segments(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(
-        float(v) for v in re.findall(r'^asr_recognizer_segments_total\{[^}]*outcome="run"[^}]*\} (\S+)', text, re.M)
-    )
-
-
 @pytest.fixture(scope="module")
 def slow(tiny_bpe: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str], Path]]:
     """A model as slow as the `medium` architecture (a 10-minute job runs for many seconds); 3 jobs at most; two
@@ -208,9 +202,9 @@ def test_cancel_stops_the_recognition_and_the_queue_is_bounded(slow: tuple[Serve
     # within 5 s the runner has seen it (it looks every second) and cancelled the recognition: its queued
     # segments left the batch queue, and nothing runs any more
     time.sleep(5)
-    at_rest = recognizer_segments(server.url)
+    at_rest = segment_counts(server.url).get("run", 0.0)
     time.sleep(3)
-    assert recognizer_segments(server.url) == at_rest
+    assert segment_counts(server.url).get("run", 0.0) == at_rest
     for job_id in (running, *queued):
         assert status(server.url, job_id)["status"] == "canceled"
         got = httpx.get(server.url + "/transcribe_job/get", params={"task_id": job_id})

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from service.errors import ASRError, JobNotFound
 from service.pipeline.jobstore import Job, JobStore
 
 log = logging.getLogger("asr")
@@ -87,9 +88,7 @@ class JobRunner:
             data = None
         try:
             if data is None:  # canceled (its upload deleted) between the claim and now, or the disk lost it
-                await self._finish(
-                    job, 404, json.dumps({"error": "job_not_found", "message": "the upload is gone"}).encode(), None
-                )
+                await self._finish(job, *_error_answer(JobNotFound("the upload is gone")))
                 return
             state = SimpleNamespace()
             work: asyncio.Task[tuple[int, str, bytes]] = asyncio.get_running_loop().create_task(
@@ -111,8 +110,7 @@ class JobRunner:
                 status, media, body = work.result()
             except Exception:
                 log.exception("jobs: %s failed", job.id)
-                status, media = 500, "application/json"
-                body = json.dumps({"error": "internal_error", "message": "the job failed inside the service"}).encode()
+                status, body, media = _error_answer(ASRError("the job failed inside the service"))
             await self._finish(job, status, body, media, getattr(state, "asr_audio_s", None))
         finally:
             self.running.pop(job.id, None)
@@ -125,3 +123,8 @@ class JobRunner:
             self.store.finish, job.id, self.id, status, media or "application/json", body, audio_s
         )
         log.info("jobs: %s %s (%d)", job.id, "done" if kept else "dropped (canceled meanwhile)", status)
+
+
+def _error_answer(error: ASRError) -> tuple[int, bytes, str]:
+    """A job's answer for an error of its own (status, body, media type), in the service's error shape."""
+    return int(error.status), json.dumps(error.body()).encode(), "application/json"

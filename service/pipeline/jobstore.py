@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from service.errors import BadRequest, JobNotFound, TooManyJobs
+from service.errors import BadRequest, JobNotFound, RecognizerUnavailable, TooManyJobs
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "queued", "running", "completed", "failed", "canceled"
 FINISHED = (COMPLETED, FAILED, CANCELED)
@@ -275,9 +275,8 @@ class JobStore:
         """Running jobs whose lease ran out (their runner died): queued again, or failed after MAX_ATTEMPTS.
         Returns (requeued, ids failed)."""
         now = time.time()
-        body = json.dumps(
-            {"error": "unavailable", "message": f"the server stopped while this job ran, {MAX_ATTEMPTS} times"}
-        ).encode()
+        lost_twice = RecognizerUnavailable(f"the server stopped while this job ran, {MAX_ATTEMPTS} times")
+        body = json.dumps(lost_twice.body()).encode()
         with self._db() as db:
             lost = db.execute(
                 "SELECT id, attempts FROM jobs WHERE state = ? AND lease_until < ?", (RUNNING, now)
@@ -291,9 +290,9 @@ class JobStore:
             for job_id in failed:
                 self.answer_path(job_id).write_bytes(body)
                 db.execute(
-                    "UPDATE jobs SET state = ?, status_code = 503, media_type = 'application/json', "
+                    "UPDATE jobs SET state = ?, status_code = ?, media_type = 'application/json', "
                     "completed_at = ?, lease_until = NULL WHERE id = ?",
-                    (FAILED, now, job_id),
+                    (FAILED, int(lost_twice.status), now, job_id),
                 )
         for job_id in failed:
             self.upload_path(job_id).unlink(missing_ok=True)
