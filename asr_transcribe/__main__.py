@@ -3,7 +3,8 @@
     asr-transcribe recordings/ --url http://127.0.0.1:3000 --format srt --out transcripts --concurrency 4
 
 Exit status: 0 when every file was transcribed (or already was), 1 when any failed, 2 when the command could not
-run (bad arguments, the service unreachable), 130 when interrupted (what finished is kept; a rerun goes on)."""
+run (bad arguments, the service unreachable or refusing the key), 130 when interrupted (what finished is kept;
+a rerun goes on)."""
 
 from __future__ import annotations
 

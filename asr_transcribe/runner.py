@@ -195,11 +195,13 @@ async def transcribe_one(
     raise AssertionError("unreachable")
 
 
-class NotReady(Exception):
-    """The service did not answer /readyz with 200 in time."""
+class Unusable(Exception):
+    """The service did not answer /readyz with 200 in time, or refuses this caller (401: no key, or a wrong one)."""
 
 
-async def wait_ready(url: str, timeout_s: float) -> None:
+async def wait_ready(url: str, timeout_s: float, token: str | None) -> None:
+    """Ready, and this caller admitted: asked once here (BentoML's client polls /readyz without pausing, and says
+    only that it could not fetch the schema when a key is missing)."""
     import httpx
 
     deadline, last = time.monotonic() + timeout_s, "no answer"
@@ -208,13 +210,18 @@ async def wait_ready(url: str, timeout_s: float) -> None:
             try:
                 r = await client.get(url + "/readyz")
                 if r.status_code == 200:
-                    return
+                    break
                 last = f"/readyz answered {r.status_code}"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__} {exc}".strip()
             if time.monotonic() >= deadline:
-                raise NotReady(f"not ready after {timeout_s:g} s ({last})")
+                raise Unusable(f"not ready after {timeout_s:g} s ({last})")
             await asyncio.sleep(0.5)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        r = await client.get(url + "/schema.json", headers=headers)
+        if r.status_code == 401:
+            status, code, message = error_of(ServiceError(401, r.text))
+            raise Unusable(f"{status} {code}: {message} (give the key with --token or $ASR_API_KEY)")
 
 
 async def run(
@@ -260,7 +267,7 @@ async def run(
                 progress.advance(audio_s)
 
     if todo:
-        await wait_ready(request.url, request.wait_ready_s)
+        await wait_ready(request.url, request.wait_ready_s, request.token)
     loop = asyncio.get_running_loop()
     with progress.shown():
         workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(todo)))]

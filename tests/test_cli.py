@@ -234,3 +234,31 @@ def test_inputs_by_name_and_no_two_onto_one_output(tmp_path: Path) -> None:
     (tmp_path / "a.mp3").write_bytes(b"x")
     with pytest.raises(Exception, match="would both be written to"):
         find([tmp_path], "txt")
+
+
+def test_every_option_reaches_the_service_as_the_api_takes_it(tiny_bpe: Exported, tmp_path: Path) -> None:
+    """--model, --language, --decoding, --hotwords, --timestamps and --token (a keyed service): the transcript is
+    /transcribe's answer to the same fields; without the key, or with a wrong one, nothing is sent: exit 2 with
+    the service's 401."""
+    env = {"ASR_MODEL": tiny_bpe.tag, "ASR_DEVICE": "cpu", "ASR_API_KEYS": "cli-key"}
+    audio = tmp_path / "one.wav"
+    audio.write_bytes(encode(speech.hindi(speech.SENTENCES[1]), RATE))
+    name = tiny_bpe.tag.split(":")[0]
+    with Server(env, tmp_path / "keys.log") as s:
+        options = ["--model", name, "--language", "hi", "--decoding", "beam", "--hotwords", "नमस्ते:5, भारत"]
+        run = cli(str(audio), "--url", s.url, "--format", "json", "--timestamps", "--token", "cli-key", "--out",
+                  str(tmp_path / "o"), *options)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        fields = {"model": name, "language": "hi", "decoding": "beam", "hotwords": "नमस्ते:5, भारत", "timestamps": "true"}
+        r = httpx.post(
+            s.url + "/transcribe",
+            files={"audio": ("one.wav", audio.read_bytes())},
+            data=fields,
+            headers={"authorization": "Bearer cli-key"},
+            timeout=120,
+        )
+        assert r.status_code == 200 and json.loads((tmp_path / "o" / "one.json").read_text("utf-8")) == r.json()
+        for key in ([], ["--token", "wrong"]):
+            refused = cli(str(audio), "--url", s.url, "--out", str(tmp_path / "p"), *key)
+            assert refused.returncode == 2 and "401 unauthorized: " in refused.stderr and "--token" in refused.stderr
+        assert not (tmp_path / "p").exists() or not list((tmp_path / "p").rglob("*.txt"))
