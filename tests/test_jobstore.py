@@ -5,8 +5,12 @@ hand-back, expiry that keeps the id known, retry of a failed job; and the pacing
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,7 +118,6 @@ def test_a_jobs_segments_are_paced(paced: bool, gpu: bool, most: int) -> None:
     batch on a GPU, against 4 and a whole batch for a request, so interactive requests find room beside a job."""
     import asyncio
     from types import SimpleNamespace
-    from typing import Any
 
     import numpy as np
 
@@ -142,3 +145,37 @@ def test_a_jobs_segments_are_paced(paced: bool, gpu: bool, most: int) -> None:
     )
     assert peak[0] == most
     assert reports == [(d, 40) for d in range(1, 41)]  # the progress a job's status shows, item by item
+
+
+def _open_and_work(folder: str, start: Any, errors: Any) -> None:
+    start.wait()
+    try:
+        s = store(Path(folder), max_jobs=1000)
+        job = s.submit({}, b"audio")
+        claimed = s.claim(f"r-{os.getpid()}")
+        if claimed:
+            s.renew(claimed.id, f"r-{os.getpid()}", (1, 2))
+        s.get(job.id)
+    except Exception as exc:  # the test reports whatever one process met
+        errors.put(repr(exc))
+
+
+def test_entry_processes_starting_together_all_open_the_store() -> None:
+    """Entry workers start at once and open one new folder: SQLite refuses one of two processes turning a new file
+    to WAL with "database is locked" at once (no wait). Without the store's retry, 2-10 of 100 such starts here had a
+    process whose jobs were off (CI met it). Four processes start together on a fresh folder 150 times."""
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for _ in range(150):
+        with tempfile.TemporaryDirectory() as folder:
+            start = ctx.Barrier(4)
+            procs = [ctx.Process(target=_open_and_work, args=(folder, start, errors)) for _ in range(4)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(60)
+            assert [p.exitcode for p in procs] == [0] * 4
+    met = []
+    while not errors.empty():
+        met.append(errors.get())
+    assert not met, met

@@ -30,6 +30,7 @@ QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "queued", "running", "completed",
 FINISHED = (COMPLETED, FAILED, CANCELED)
 BENTOML_STATUS = {QUEUED: "in_progress", RUNNING: "in_progress", COMPLETED: "completed", FAILED: "failed"}
 MAX_ATTEMPTS = 2  # a job whose runner vanished is run once more, then failed
+OPEN_WAIT_S = 30.0  # how long opening the store waits for other processes opening it
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -94,12 +95,30 @@ class Job:
         }
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class JobStore:
     def __init__(self, folder: Path, max_jobs: int, ttl_s: float, lease_s: float = 15.0) -> None:
         self.folder, self.max_jobs, self.ttl_s, self.lease_s = folder, max_jobs, ttl_s, lease_s
         (folder / "uploads").mkdir(parents=True, exist_ok=True)
         (folder / "answers").mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.folder / "jobs.db", timeout=30, isolation_level=None)
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                self._create()
+                return
+            except sqlite3.OperationalError as exc:
+                # Entry processes that start together race to turn a new file to WAL; SQLite answers the loser
+                # "database is locked" at once, without waiting its timeout (both hold a read lock and want to
+                # write: a deadlock it refuses). The winner is done in milliseconds.
+                if not _busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _create(self) -> None:
+        db = sqlite3.connect(self.folder / "jobs.db", timeout=OPEN_WAIT_S, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
             db.executescript(SCHEMA)
