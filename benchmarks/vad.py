@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -51,25 +52,36 @@ RESULTS = ROOT / "benchmarks" / "results" / "vad.md"
 Audio = npt.NDArray[np.float32]
 
 
+def join_sentences(
+    texts: list[str], say: Callable[[str], Audio], pause_s: Callable[[int], float], minutes: float
+) -> tuple[Audio, list[str], list[tuple[int, int]]]:
+    """Sentences spoken by `say`, each followed by `pause_s(i)` seconds of silence (0.5 s before the first), until
+    the file is `minutes` long: the audio, the sentences in it and their spoken spans (samples)."""
+    parts: list[Audio] = [np.zeros(int(0.5 * RATE), np.float32)]
+    spans, said, t = [], [], parts[0].shape[0]
+    for i, text in enumerate(texts):
+        spoken = say(text)
+        pause = np.zeros(int(pause_s(i) * RATE), np.float32)
+        spans.append((t, t + spoken.shape[0]))
+        said.append(text)
+        parts += [spoken, pause]
+        t += spoken.shape[0] + pause.shape[0]
+        if t >= minutes * 60 * RATE:
+            break
+    return np.concatenate(parts), said, spans
+
+
 def long_file(minutes: float, seed: int = 0) -> tuple[Audio, list[str], list[tuple[int, int]], list[Audio]]:
     """The clean long file, its sentences, their spoken spans (samples) and voices for babble (sentences not
     in the file)."""
     sentences = read_heldout()
     rng = np.random.default_rng(seed)
-    parts: list[Audio] = [np.zeros(int(0.5 * RATE), np.float32)]
-    spans, texts, t = [], [], parts[0].shape[0]
-    for i, text in enumerate(sentences[:-10]):
-        spoken = trim(speak(text))
-        gap = rng.uniform(5.0, 8.0) if (i + 1) % 15 == 0 else rng.uniform(0.3, 1.2)
-        pause = np.zeros(int(gap * RATE), np.float32)
-        spans.append((t, t + spoken.shape[0]))
-        texts.append(text)
-        parts += [spoken, pause]
-        t += spoken.shape[0] + pause.shape[0]
-        if t >= minutes * 60 * RATE:
-            break
-    voices = [speak(s) for s in sentences[-10:]]
-    return np.concatenate(parts), texts, spans, voices
+
+    def pause_s(i: int) -> float:
+        return float(rng.uniform(5.0, 8.0) if (i + 1) % 15 == 0 else rng.uniform(0.3, 1.2))
+
+    audio, texts, spans = join_sentences(sentences[:-10], lambda text: trim(speak(text)), pause_s, minutes)
+    return audio, texts, spans, [speak(s) for s in sentences[-10:]]
 
 
 def sentence_clips(mix: Audio, spans: list[tuple[int, int]]) -> list[Audio]:

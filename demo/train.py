@@ -357,10 +357,40 @@ def train(args: argparse.Namespace) -> Path:
         "seed": args.seed,
         "history": history,
         "checkpoint_mb": round(args.out.stat().st_size / 1e6, 2),
+        "utterance_seconds": utterance_seconds(corpus.seconds()),
     }
     (workdir / "training.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     log(f"saved {args.out} ({summary['checkpoint_mb']} MB) after {summary['minutes']} min")
     return Path(args.out)
+
+
+def utterance_seconds(seconds: npt.NDArray[np.float64]) -> dict[str, float]:
+    """How long the training utterances are (what the export records as the model's training durations: the
+    service keeps the segments of long audio within them)."""
+    return {
+        "min": round(float(seconds.min()), 2),
+        "median": round(float(np.median(seconds)), 2),
+        "p99": round(float(np.percentile(seconds, 99)), 2),
+        "max": round(float(seconds.max()), 2),
+    }
+
+
+def _length(job: tuple[int, str, int]) -> int:
+    return int(_synthesize(job).shape[0])
+
+
+def record_utterance_seconds(args: argparse.Namespace, summary: Path = HERE / "training.json") -> None:
+    """Speak the training corpus again (the same seed gives the same audio, as Corpus.build speaks it) and write
+    its utterance lengths into the checkpoint's training summary, without training or keeping the audio."""
+    train_texts, _ = training_and_heldout(args.sentences, args.heldout, args.seed)
+    jobs = [(i, t, args.seed * 1_000_003 + i) for i, t in enumerate(train_texts)]
+    with Pool(args.threads) as pool:
+        lengths = np.array(pool.map(_length, jobs, chunksize=64), dtype=np.float64)
+    figures = utterance_seconds(lengths / RATE)
+    recorded = json.loads(summary.read_text(encoding="utf-8"))
+    recorded["utterance_seconds"] = figures
+    summary.write_text(json.dumps(recorded, indent=1, ensure_ascii=False), encoding="utf-8")
+    log(f"{summary}: {len(jobs)} utterances, {lengths.sum() / RATE / 3600:.2f} h, utterance_seconds {figures}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -383,6 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--record-durations", action="store_true", help="only speak the corpus and record its lengths in training.json"
+    )
     return p.parse_args(argv)
 
 
@@ -392,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
     from export.__main__ import quiet_nemo
 
+    if args.record_durations:
+        record_utterance_seconds(args)
+        return 0
     quiet_nemo()
     train(args)
     return 0

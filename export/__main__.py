@@ -38,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-segment-s", type=float, help="raise the encoder's position table so that segments this long fit"
     )
     parser.add_argument(
+        "--train-max-s",
+        type=float,
+        metavar="S",
+        help="the longest utterance the model was trained on, where neither its config (train_ds.max_duration) "
+        "nor a training.json beside the .nemo says it: the service keeps long audio's segments within it",
+    )
+    parser.add_argument(
         "--verify-audio", type=Path, nargs="+", default=[], help="extra audio files for the parity check against NeMo"
     )
     parser.add_argument("--variants", default="", help="comma-separated: optimized,int8,fp16")
@@ -95,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.beam_width <= 512:
         print("error: --beam-width must be 1 to 512", file=sys.stderr)
         return 2
+    if args.train_max_s is not None and not args.train_max_s > 0:
+        print("error: --train-max-s must be above 0", file=sys.stderr)
+        return 2
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in KINDS]
     if unknown:
@@ -122,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             register=not args.no_register,
             decoder=DecoderOptions(args.lm, args.lm_alpha, args.lm_beta, args.beam_width, args.lm_note),
             streaming=not args.no_streaming,
+            train_max_s=args.train_max_s,
         )
         _manifest, tag, out_dir = run(loaded, options)
     except (

@@ -31,6 +31,7 @@ from service.manifest import (
     ParityReport,
     TensorSpec,
     TokenizerSpec,
+    TrainingSpec,
     Variant,
     is_arpa,
 )
@@ -51,6 +52,7 @@ class Options:
     clips: list[Clip] = field(default_factory=list)  # replaces the default verification set (tests)
     decoder: DecoderOptions | None = None  # beam search defaults and an n-gram LM to pack with the model
     streaming: bool = True  # the streaming graphs (export/streaming.py), verified against NeMo
+    train_max_s: float | None = None  # the longest training utterance, where the model does not say it
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def build_manifest(
         versions=versions(),
         parity=parity,
         demo_notice=str(model.cfg.get("demo_notice", "") or ""),
+        training=loaded.training,
     )
 
 
@@ -235,6 +238,11 @@ def _run(
         progress(f"{kind}: {variants[kind].note}")
 
     manifest = build_manifest(loaded, name, vocab, parity, variants, max_samples)
+    if options.train_max_s:
+        given = TrainingSpec(max_s=options.train_max_s, source="--train-max-s given to the export")
+        manifest = manifest.model_copy(update={"training": given})
+    if manifest.training:
+        progress(f"training utterances up to {manifest.training.max_s:g} s ({manifest.training.source})")
     manifest = _with_streaming(model, manifest, out_dir, sample_rate, clips, options.streaming)
     if options.decoder is not None:
         manifest = manifest.model_copy(update={"decoder": pack_decoder(options.decoder, vocab, out_dir)})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from service.manifest import TrainingSpec
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 CORPUS = CONFIG_DIR / "hindi_corpus.txt"
@@ -35,6 +39,7 @@ class LoadedModel:
     language: str
     source: dict[str, str]  # how it was obtained, for the manifest
     scratch: tuple[Path, ...] = ()  # temporary directories made for it, removed when the export ends
+    training: TrainingSpec | None = None  # how long its training utterances were, where that is written
 
 
 def _sha256(path: Path) -> str:
@@ -60,6 +65,31 @@ def _language_of(model: Any, fallback: str) -> str:
     return fallback
 
 
+def training_durations(model: Any, checkpoint: Path | None = None) -> TrainingSpec | None:
+    """How long the training utterances were: NeMo's training config (`train_ds.max_duration`, the longest: NeMo
+    drops longer utterances from training), else the summary a training run here writes beside its checkpoint
+    (training.json's `utterance_seconds`, the longest and the median: demo/train.py) when it names this model."""
+    train_ds = model.cfg.get("train_ds") if hasattr(model.cfg, "get") else None
+    longest = train_ds.get("max_duration") if train_ds is not None and hasattr(train_ds, "get") else None
+    if isinstance(longest, int | float) and longest > 0:
+        return TrainingSpec(max_s=float(longest), source="train_ds.max_duration in the model's config")
+    summary = checkpoint.with_name("training.json") if checkpoint else None
+    if summary is None or not summary.is_file():
+        return None
+    try:
+        recorded = json.loads(summary.read_text(encoding="utf-8"))
+        if recorded.get("name") not in (model.cfg.get("name"), checkpoint.stem if checkpoint else None):
+            return None
+        lengths = recorded["utterance_seconds"]
+        longest, median = float(lengths["max"]), float(lengths.get("median") or 0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not 0 < longest < math.inf:
+        return None
+    source = f"utterance_seconds in {summary.name} beside the checkpoint"
+    return TrainingSpec(max_s=longest, median_s=median if 0 < median <= longest else None, source=source)
+
+
 def from_pretrained(name: str, language: str | None) -> LoadedModel:
     """Download through NeMo (NGC / Hugging Face). Offline this raises SourceError with one clear line."""
     from nemo.collections.asr.models import ASRModel
@@ -76,7 +106,9 @@ def from_pretrained(name: str, language: str | None) -> LoadedModel:
         ) from None
     _check_ctc(model, f"pretrained model {name!r}")
     lang = language or _language_of(model, name.split("_")[1] if name.startswith("stt_") else "und")
-    return LoadedModel(model.eval(), name, lang, {"kind": "pretrained", "name": name})
+    return LoadedModel(
+        model.eval(), name, lang, {"kind": "pretrained", "name": name}, training=training_durations(model)
+    )
 
 
 def from_nemo(path: Path, language: str | None) -> LoadedModel:
@@ -94,6 +126,7 @@ def from_nemo(path: Path, language: str | None) -> LoadedModel:
         path.stem,
         language or _language_of(model, "und"),
         {"kind": "nemo", "path": path.name, "sha256": _sha256(path)},
+        training=training_durations(model, path),
     )
 
 
@@ -193,4 +226,4 @@ def _build(
                 p.mul_(scale)
     lang = language or str(build.get("language", "und"))
     source = {"kind": "config", "config": path.name, "seed": str(build.get("seed", 0))}
-    return LoadedModel(model.eval(), str(build["name"]), lang, source, scratch)
+    return LoadedModel(model.eval(), str(build["name"]), lang, source, scratch, training_durations(model))

@@ -80,6 +80,17 @@ def segment_samples(manifest: Manifest, segment_s: float) -> int:
     return min(wanted, manifest.max_segment_samples)
 
 
+def target_samples(served: ServedModel, target: str) -> int:
+    """ASR_SEGMENT_TARGET for this model, in its samples (0: no target, segments grow to the limit): `model`, its
+    typical training utterance (the median where recorded, else the longest)."""
+    if target == "off":
+        return 0
+    if target == "model":
+        training = served.manifest.training
+        return round(training.typical_s * served.manifest.sample_rate) if training else 0
+    return round(float(target) * served.manifest.sample_rate)
+
+
 def start_problem(tags: list[str], variant: str, entries: list[Any]) -> str:
     """What makes the served models unservable, known before any worker starts ("" when nothing): a name listed
     twice, an ASR_VARIANT a model lacks, an n-gram LM without KenLM installed. Checked when `bentoml serve`

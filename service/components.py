@@ -120,7 +120,12 @@ def entry_parts(
     if s.decoding == "beam":
         beams.start()  # ...or now
     files = FileTranscription(
-        recognition, limits, vad, threads, beams, FileSettings(s.vad_pad_s, s.min_pause_s, s.beam_width)
+        recognition,
+        limits,
+        vad,
+        threads,
+        beams,
+        FileSettings(s.vad_pad_s, s.min_pause_s, s.beam_width, s.segment_target),
     )
     directories = {name: path for name, _, _, path in models}
     streaming = StreamSettings(s.realtime_sessions, s.stream_chunk_s, s.stream_buffer_s)

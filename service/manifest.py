@@ -124,6 +124,19 @@ class StreamingSpec(_Frozen):
     verified: str  # what the export compared with NeMo, and the outcome
 
 
+class TrainingSpec(_Frozen):
+    """How long the utterances the model was trained on were, where the export could find it. The service shapes
+    the segments of long audio like a typical one (docs/accuracy.md, "Long recordings")."""
+
+    max_s: float  # the longest training utterance, seconds
+    median_s: float | None = None  # the median one, where known (NeMo's configs record only the longest)
+    source: str  # where the figures came from
+
+    @property
+    def typical_s(self) -> float:
+        return self.median_s or self.max_s
+
+
 class Manifest(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -148,6 +161,7 @@ class Manifest(_Frozen):
     demo_notice: str = ""
     decoder: DecoderSpec = Field(default_factory=DecoderSpec)
     streaming: StreamingSpec | None = None  # absent: the export made no streaming graphs (older exports)
+    training: TrainingSpec | None = None  # absent: unknown (random weights, older exports)
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE

@@ -67,6 +67,11 @@ class Settings:
     # it; silence, music and noise between them are not sent to the model) or energy (at quiet points; all of
     # the audio is sent).
     segmenter: str = "vad"
+    # vad: the segment length long audio is shaped to (speech regions share a segment while it stays within this;
+    # a region over twice as long is cut at its least speech-like windows): `model`, a typical training utterance
+    # of the model (its manifest's `training`; none recorded: as off); seconds; or `off` (segments grow to
+    # ASR_SEGMENT_S). Audio up to ASR_SEGMENT_S is never cut.
+    segment_target: str = "model"
     # Seconds of audio kept before and after each stretch of speech the VAD finds.
     vad_pad_s: float = 0.25
     # energy: audio longer than a segment is cut at the centre of every pause at least this long (one
@@ -172,6 +177,13 @@ class Settings:
             raise bad("device", "use auto, cpu or cuda")
         if self.segmenter not in ("vad", "energy"):
             raise bad("segmenter", "use vad or energy")
+        if self.segment_target not in ("model", "off"):
+            try:
+                seconds = float(self.segment_target)
+            except ValueError:
+                seconds = math.nan
+            if not seconds > 0:
+                raise bad("segment_target", "use model, off or seconds above 0")
         if self.decoding not in ("greedy", "beam"):
             raise bad("decoding", "use greedy or beam")
         if not 0 <= self.beam_width <= 512:

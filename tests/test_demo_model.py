@@ -255,9 +255,13 @@ def test_confidence_means_something(server: Server, decoding: str) -> None:
     assert auc >= 0.75
 
 
-def test_long_audio_loses_no_words(server: Server) -> None:
+def test_long_audio_loses_no_words(server: Server, demo: Exported) -> None:
     """A 10-minute file of held-out sentences (pauses of 0.4-1.0 s): its WER is at most the sentences' mean
-    WER transcribed one by one + 1 point."""
+    WER transcribed one by one + 1 point; its segments are shaped like the model's training utterances (the
+    export found their lengths in demo/training.json): sentences join only within the median, so no segment is
+    longer than the file's longest sentence (and its pauses), far from the 30 s of ASR_SEGMENT_S."""
+    training = demo.manifest.training
+    assert training is not None and (training.median_s, training.max_s) == (3.91, 21.74)
     rng = random.Random(3)
     sentences, parts, total = [], [], 0.0
     for sentence in HELDOUT[58:] * 3:
@@ -278,6 +282,9 @@ def test_long_audio_loses_no_words(server: Server) -> None:
         f"the sentences one by one: mean WER {mean_wer:.2%}, pooled {wer(sentences, one_by_one):.2%}"
     )
     assert long_wer <= mean_wer + 0.01
+    lengths = [s["end"] - s["start"] for s in body["segments"]]
+    longest_sentence = max(speak(s).size for s in set(sentences)) / RATE
+    assert max(lengths) <= max(training.typical_s, longest_sentence) + 2.0
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ def test_manifest_and_store_entry_are_complete(any_model: Exported) -> None:
     assert [t.name for t in m.graph.outputs] == ["logprobs", "logprobs_lengths"]
     language = "mr" if any_model.config == "tiny_char" else "hi"  # as its config says
     assert m.source["kind"] == "config" and m.language == language and "nemo_toolkit" in m.versions
+    assert m.training is None  # random weights: no training lengths to follow
 
     stored = bentoml.models.get(any_model.tag)
     assert Manifest.read(Path(stored.path)) == m
@@ -135,7 +136,15 @@ def test_nemo_file_source_through_cli(kind: str, request: pytest.FixtureRequest,
     exported: Exported = request.getfixturevalue(kind)
     nemo = tmp_path / "my_model.nemo"
     exported.model.save_to(str(nemo))
-    result = _export_cli("--nemo", str(nemo), "--name", "from_file", home=tmp_path / "store")
+    # where the model's config says nothing of its training lengths: a training summary beside the checkpoint
+    # (demo/train.py writes one), or --train-max-s
+    if kind == "tiny_char":
+        summary = {"name": "my_model", "utterance_seconds": {"median": 4.0, "max": 9.5}}  # demo/train.py's form
+        (tmp_path / "training.json").write_text(json.dumps(summary), encoding="utf-8")
+        given: tuple[str, ...] = ()
+    else:
+        given = ("--train-max-s", "12")
+    result = _export_cli("--nemo", str(nemo), "--name", "from_file", *given, home=tmp_path / "store")
     assert result.returncode == 0, result.stderr[-2000:]
     tag = result.stdout.strip().splitlines()[-1]
     assert tag.startswith("from_file:")
@@ -144,6 +153,41 @@ def test_nemo_file_source_through_cli(kind: str, request: pytest.FixtureRequest,
     assert manifest.source["kind"] == "nemo" and len(manifest.source["sha256"]) == 64
     assert manifest.vocabulary == exported.manifest.vocabulary and manifest.tokenizer == exported.manifest.tokenizer
     assert "[export] parity: tokens" in result.stderr
+    assert manifest.training is not None
+    if kind == "tiny_char":
+        assert (manifest.training.max_s, manifest.training.median_s) == (9.5, 4.0)
+        assert "training.json" in manifest.training.source
+    else:
+        assert manifest.training.max_s == 12 and "--train-max-s" in manifest.training.source
+
+
+def test_training_lengths_come_from_nemos_config_or_a_summary_naming_the_model(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from export.sources import training_durations
+
+    nemo = tmp_path / "m.nemo"
+    trained = SimpleNamespace(cfg=OmegaConf.create({"name": "m", "train_ds": {"max_duration": 16.7}}))
+    spec = training_durations(trained, nemo)
+    assert spec is not None and spec.max_s == 16.7 and "train_ds.max_duration" in spec.source
+    bare = SimpleNamespace(cfg=OmegaConf.create({"name": "m", "train_ds": {"max_duration": None}}))
+    assert training_durations(bare, nemo) is None  # nothing recorded anywhere
+    assert spec.median_s is None and spec.typical_s == 16.7  # NeMo records only the longest
+    for summary, found in [
+        ({"name": "m", "utterance_seconds": {"median": 3.91, "max": 21.74}}, (21.74, 3.91)),
+        ({"name": "m", "utterance_seconds": {"max": 21.74}}, (21.74, None)),
+        ({"name": "m", "utterance_seconds": {"median": 30, "max": 21.74}}, (21.74, None)),
+        ({"name": "another_model", "utterance_seconds": {"max": 21.74}}, None),  # not this model's training
+        ({"name": "m", "utterance_seconds": {"max": "long"}}, None),
+        ({"name": "m", "utterance_seconds": {"max": "nan"}}, None),
+        ({"name": "m"}, None),
+    ]:
+        (tmp_path / "training.json").write_text(json.dumps(summary), encoding="utf-8")
+        spec = training_durations(bare, nemo)
+        assert ((spec.max_s, spec.median_s) if spec else None) == found
+    assert _export_cli("--config", "tiny", "--train-max-s", "0", home=tmp_path).returncode == 2
 
 
 def test_pretrained_offline_is_one_clear_line(tmp_path: Path) -> None:

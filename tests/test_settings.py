@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,9 @@ def test_several_models_keep_their_order_and_case() -> None:
         ("ASR_SEGMENT_S", "-30"),
         ("ASR_MIN_PAUSE_S", "0"),
         ("ASR_SEGMENTER", "neural"),
+        ("ASR_SEGMENT_TARGET", "short"),
+        ("ASR_SEGMENT_TARGET", "0"),
+        ("ASR_SEGMENT_TARGET", "nan"),
         ("ASR_VAD_PAD_S", "-0.1"),
         ("ASR_BATCH_MAX_LATENCY_MS", "0"),
         ("ASR_ORT_THREADS", "-1"),
@@ -77,6 +81,25 @@ def test_every_setting_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for f in dataclasses.fields(Settings):
         assert f"`ASR_{f.name.upper()}`" in readme, f"ASR_{f.name.upper()} is not documented"
+
+
+def test_the_segment_target_follows_the_models_training_lengths() -> None:
+    """ASR_SEGMENT_TARGET in a model's samples: `model` its manifest's median training utterance, else the
+    longest (none known: no target, segments grow to ASR_SEGMENT_S), seconds as given, `off` none."""
+    from types import SimpleNamespace
+
+    from service.catalog import target_samples
+    from service.manifest import TrainingSpec
+
+    def served(training: TrainingSpec | None, rate: int = 16000) -> Any:
+        return SimpleNamespace(manifest=SimpleNamespace(training=training, sample_rate=rate))
+
+    trained = served(TrainingSpec(max_s=21.74, median_s=3.91, source="test"), 8000)
+    assert target_samples(trained, Settings.from_env({}).segment_target) == round(3.91 * 8000)
+    assert target_samples(served(TrainingSpec(max_s=16.7, source="NeMo")), "model") == round(16.7 * 16000)
+    assert target_samples(served(None), "model") == 0
+    assert target_samples(trained, Settings.from_env({"ASR_SEGMENT_TARGET": "12.5"}).segment_target) == 100000
+    assert target_samples(trained, Settings.from_env({"ASR_SEGMENT_TARGET": "off"}).segment_target) == 0
 
 
 def test_cpu_lanes_default_to_the_threads_then_the_cores() -> None:

@@ -131,6 +131,41 @@ def test_a_region_longer_than_a_segment_is_cut_where_speech_is_least_likely() ->
     assert [s.start + s.samples.shape[0] for s in segments[:-1]] == [s.start for s in segments[1:]]
 
 
+def test_segments_follow_the_training_length_and_end_in_pauses() -> None:
+    # 20 sentences of 3 s, 0.4 s apart (their 0.25-s paddings overlap): 68.5 s, segments of up to 30 s, sentences
+    # of up to 8 s in training. Segments hold whole sentences within 8 s and end in the middle of a pause.
+    probs = probs_of([(0.5, 0.02)] + [(3, 0.95), (0.4, 0.02)] * 20)
+    audio = np.arange(probs.shape[0] * WINDOW, dtype=np.float32)
+    speech_map = SpeechMap(probs, WINDOW, RATE)
+    segments = split_speech(audio, speech_map, 30 * RATE, 0.25, target_samples=8 * RATE)
+    bounds = [(s.start, s.start + s.samples.shape[0]) for s in segments]
+    assert all(hi - lo <= 8 * RATE for lo, hi in bounds) and len(segments) == 10  # two sentences (6.4 s) each
+    pauses = [(speech_map.regions[k][1], speech_map.regions[k + 1][0]) for k in range(19)]
+    for (_, hi), (lo, _) in itertools.pairwise(bounds):  # where padding touches, one ends where the next starts
+        assert hi == lo and any(abs(hi - (a + b) / 2) <= 1 for a, b in pauses)
+    for lo, hi in speech_map.regions:  # every sentence whole, in one segment
+        assert sum(a <= lo and hi <= b for a, b in bounds) == 1
+    # without a target (ASR_SEGMENT_TARGET=off) segments grow to the limit, still ending in pauses
+    grown = split_speech(audio, speech_map, 30 * RATE, 0.25)
+    assert [round(s.samples.shape[0] / RATE, 1) for s in grown] == [27.2, 27.1, 13.6]  # eight sentences, eight, four
+
+
+def test_a_sentence_longer_than_the_target_is_not_cut() -> None:
+    # training utterances of typically 4 s: 12 s of speech between two 3-s sentences stays whole (a cut would
+    # fall inside speech) and the short ones do not join it
+    probs = probs_of([(1, 0.02), (3, 0.95), (0.6, 0.02), (12, 0.95), (0.6, 0.02), (3, 0.95), (15, 0.02)])
+    audio = np.zeros(probs.shape[0] * WINDOW, np.float32)
+    segments = split_speech(audio, SpeechMap(probs, WINDOW, RATE), 30 * RATE, 0.25, target_samples=4 * RATE)
+    assert [round(s.samples.shape[0] / RATE, 1) for s in segments] == [3.5, 12.5, 3.5]
+
+
+def test_audio_within_one_segment_is_never_cut_whatever_the_target() -> None:
+    probs = probs_of([(3, 0.95), (0.5, 0.02)] * 8)  # 28 s: within ASR_SEGMENT_S = 30 s
+    audio = np.zeros(probs.shape[0] * WINDOW, np.float32)
+    (only,) = split_speech(audio, SpeechMap(probs, WINDOW, RATE), 30 * RATE, 0.25, target_samples=8 * RATE)
+    assert only.start == 0 and only.samples is audio
+
+
 def test_no_speech_at_all_is_no_segment() -> None:
     audio = np.zeros(60 * RATE, np.float32)
     assert split_speech(audio, SpeechMap(probs_of([(60, 0.01)]), WINDOW, RATE), 10 * RATE, 0.25) == []
@@ -141,16 +176,17 @@ def test_no_speech_at_all_is_no_segment() -> None:
     st.lists(st.tuples(st.floats(0.03, 20), st.floats(0, 1)), min_size=1, max_size=30),
     st.floats(1, 30),
     st.floats(0, 1),
+    st.floats(0, 30),
 )
 def test_segments_hold_all_speech_in_order_within_the_limit(
-    runs: list[tuple[float, float]], segment_s: float, pad_s: float
+    runs: list[tuple[float, float]], segment_s: float, pad_s: float, target_s: float
 ) -> None:
     probs = probs_of(runs)
     if probs.size == 0:
         return
     audio = np.zeros(probs.shape[0] * WINDOW, np.float32)
     speech_map = SpeechMap(probs, WINDOW, RATE)
-    segments = split_speech(audio, speech_map, int(segment_s * RATE), pad_s)
+    segments = split_speech(audio, speech_map, int(segment_s * RATE), pad_s, int(target_s * RATE))
     bounds = [(s.start, s.start + s.samples.shape[0]) for s in segments]
     assert all(0 <= lo < hi <= audio.shape[0] and hi - lo <= int(segment_s * RATE) for lo, hi in bounds)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(bounds))  # in order, never overlapping

@@ -4,8 +4,10 @@ Audio no longer than one segment is never cut (so its transcript is exactly NeMo
 of two ways (ASR_SEGMENTER):
 - `split_speech` (vad): by the speech probability of every 32-ms window (service/audio/vad.py). Speech regions,
   widened by `pad_s` on each side, become segments; regions closer than MERGE_GAP_S share a segment while it
-  stays within the limit; what lies between segments (silence, music, noise) is not sent to the model. A
-  region longer than a segment is cut at its least speech-like window within the last quarter of each segment.
+  stays within a typical training utterance of the model (a model hears a segment of several utterances in
+  different voices worse than each alone: docs/accuracy.md); what lies between segments (silence, music, noise)
+  is not sent to the model. A region longer than a segment is cut at its least speech-like window within the
+  last quarter of each segment.
 - `split` (energy): at the centre of every pause of at least `min_pause_s` (a run of 20-ms windows whose
   energy is near the recording's own floor); a stretch still longer than a segment (speech with no pause) is
   cut at its quietest window within the last quarter of each segment. Nothing is skipped.
@@ -100,36 +102,56 @@ def _regions(probs: npt.NDArray[np.float32], min_silence: int, min_speech: int) 
     return [(lo, hi) for lo, hi in found if hi - lo >= min_speech]
 
 
-def split_speech(samples: npt.NDArray[np.float32], speech: SpeechMap, max_samples: int, pad_s: float) -> list[Segment]:
+def split_speech(
+    samples: npt.NDArray[np.float32], speech: SpeechMap, max_samples: int, pad_s: float, target_samples: int = 0
+) -> list[Segment]:
     """Segments of at most `max_samples` holding every speech region (widened by `pad_s`), in order; the audio
-    between them is left out. Audio no longer than one segment is one segment, whole."""
+    between them is left out. Audio no longer than one segment is one segment, whole.
+
+    `target_samples` (a typical training utterance of the model; 0: none) shapes the segments like what the model
+    was trained on: regions share a segment while it stays within the target, ending in the middle of a pause
+    where the padding of its two sides would overlap. A region longer than the target stays whole (a cut would
+    fall inside speech) up to `max_samples`. Without a target, regions share a segment up to `max_samples`."""
     if max_samples <= 0:
         raise ValueError("max_samples must be positive")
     total = samples.shape[0]
     if total <= max_samples:
         return [Segment(0, samples, speech.no_speech_prob(0, total))]
+    target = min(target_samples or max_samples, max_samples)
     pad, gap = round(pad_s * speech.rate), round(MERGE_GAP_S * speech.rate)
-    spans: list[list[int]] = []  # padded regions, overlapping ones joined
-    for lo, hi in speech.regions:
-        lo, hi = max(0, lo - pad), min(total, hi + pad)
-        if spans and lo <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], hi)
-        else:
-            spans.append([lo, hi])
-    pieces: list[tuple[int, int]] = []  # every span cut to at most a segment at its least speech-like point
-    for lo, hi in spans:
+    regions = speech.regions
+    padded = [[max(0, lo - pad), min(total, hi + pad)] for lo, hi in regions]
+    for k in range(1, len(padded)):
+        if padded[k][0] < padded[k - 1][1]:  # the padding of a short pause's two sides overlaps: meet halfway
+            padded[k - 1][1] = padded[k][0] = (regions[k - 1][1] + regions[k][0]) // 2
+    pieces: list[tuple[int, int]] = []  # every padded region cut to at most a segment at its least speech-like point
+    for lo, hi in padded:
         while hi - lo > max_samples:
             cut = _least_speech_point(samples, speech, lo, max_samples)
             pieces.append((lo, cut))
             lo = cut
         pieces.append((lo, hi))
-    bounds: list[tuple[int, int]] = []  # near pieces share a segment while it stays within the limit
+    bounds: list[tuple[int, int]] = []  # near pieces share a segment while it stays within the target
     for lo, hi in pieces:
-        if bounds and lo - bounds[-1][1] <= gap and hi - bounds[-1][0] <= max_samples:
+        if bounds and lo - bounds[-1][1] <= gap and hi - bounds[-1][0] <= target:
             bounds[-1] = (bounds[-1][0], hi)
         else:
             bounds.append((lo, hi))
     return [Segment(lo, samples[lo:hi], speech.no_speech_prob(lo, hi)) for lo, hi in bounds]
+
+
+def _least_speech_between(samples: npt.NDArray[np.float32], speech: SpeechMap, lo: int, hi: int) -> int | None:
+    """Centre of the least speech-like window wholly inside [lo, hi): where the speech probability times the
+    energy, both averaged over SMOOTH_WINDOWS, is lowest; None when no window fits."""
+    first, last = math.ceil(lo / speech.window), min(int(hi // speech.window), speech.probs.shape[0])
+    if last <= first:
+        return None
+    smooth = _moving_average(speech.probs[first:last])
+    bounds = np.round(np.arange(first, last + 1) * speech.window).astype(np.int64)
+    power = samples[bounds[0] : bounds[-1]].astype(np.float32) ** 2
+    energy = _moving_average(np.add.reduceat(power, bounds[:-1] - bounds[0]) / np.diff(bounds))
+    best = first + int(np.argmin((smooth + PROB_FLOOR) * energy))
+    return round((best + 0.5) * speech.window)
 
 
 def _least_speech_point(samples: npt.NDArray[np.float32], speech: SpeechMap, start: int, max_samples: int) -> int:
@@ -138,15 +160,8 @@ def _least_speech_point(samples: npt.NDArray[np.float32], speech: SpeechMap, sta
     lowest."""
     search = max(1, min(int(max_samples * SEARCH_FRACTION), int(MAX_SEARCH_S * speech.rate)))
     end = start + max_samples
-    lo, hi = math.ceil((end - search) / speech.window), int(end // speech.window)  # windows wholly inside
-    if hi <= lo:
-        return end
-    smooth = _moving_average(speech.probs[lo:hi])
-    bounds = np.round(np.arange(lo, hi + 1) * speech.window).astype(np.int64)
-    power = samples[bounds[0] : bounds[-1]].astype(np.float32) ** 2
-    energy = _moving_average(np.add.reduceat(power, bounds[:-1] - bounds[0]) / np.diff(bounds))
-    best = lo + int(np.argmin((smooth + PROB_FLOOR) * energy))
-    return int(min(end, max(start + 1, round((best + 0.5) * speech.window))))
+    cut = _least_speech_between(samples, speech, end - search, end)
+    return end if cut is None else int(min(end, max(start + 1, cut)))
 
 
 def _moving_average(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
@@ -165,10 +180,11 @@ def cut_by_speech(
     pad_s: float,
     vad: VAD,
     stop: Callable[[], bool] = lambda: False,
+    target_samples: int = 0,
 ) -> tuple[list[Segment], SpeechMap]:
     """Run the VAD over the audio and cut by its verdict (split_speech)."""
     speech = hear(samples, rate, vad, stop)
-    return split_speech(samples, speech, max_samples, pad_s), speech
+    return split_speech(samples, speech, max_samples, pad_s, target_samples), speech
 
 
 def hear(samples: npt.NDArray[np.float32], rate: int, vad: VAD, stop: Callable[[], bool] = lambda: False) -> SpeechMap:

@@ -19,7 +19,7 @@ from service import metrics
 from service.audio.decode import Limits, decode
 from service.audio.segment import Segment, cut_by_speech, hear, split
 from service.audio.vad import SileroVAD
-from service.catalog import ServedModel
+from service.catalog import ServedModel, target_samples
 from service.errors import AudioTooShort, Overloaded, RecognizerUnavailable
 from service.pipeline.client import Recognition, RecognizerBusy, RecognizerGone
 from service.pipeline.policy import GREEDY
@@ -38,6 +38,7 @@ class FileSettings:
     vad_pad_s: float = 0.25  # vad: seconds kept around each stretch of speech
     min_pause_s: float = 0.3  # energy: cut at pauses at least this long
     beam_width: int = 0  # beam search's width; 0: the model's own
+    segment_target: str = "model"  # vad: how long segments of speech regions grow (ASR_SEGMENT_TARGET)
 
 
 class FileTranscription:
@@ -98,6 +99,7 @@ class FileTranscription:
                     self.settings.vad_pad_s,
                     self.vad,
                     stop.is_set,
+                    target_samples(served, self.settings.segment_target),
                 )
                 speech_s = round(speech.speech_s(), 3)
             raw = await self._recognize(served, [s.samples for s in segments], decoding, progress)
