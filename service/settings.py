@@ -67,10 +67,10 @@ class Settings:
     # it; silence, music and noise between them are not sent to the model) or energy (at quiet points; all of
     # the audio is sent).
     segmenter: str = "vad"
-    # vad: the segment length long audio is shaped to (speech regions share a segment while it stays within this;
-    # a region over twice as long is cut at its least speech-like windows): `model`, a typical training utterance
-    # of the model (its manifest's `training`; none recorded: as off); seconds; or `off` (segments grow to
-    # ASR_SEGMENT_S). Audio up to ASR_SEGMENT_S is never cut.
+    # vad: the segment length long audio is shaped to (speech regions share a segment only while it stays within
+    # this; a longer region stays whole): `model`, a typical training utterance of the model (its manifest's
+    # `training`; none recorded: as off); seconds; or `off` (segments grow to ASR_SEGMENT_S). Audio up to
+    # ASR_SEGMENT_S is never cut.
     segment_target: str = "model"
     # Seconds of audio kept before and after each stretch of speech the VAD finds.
     vad_pad_s: float = 0.25
