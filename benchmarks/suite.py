@@ -1,4 +1,4 @@
-"""The benchmark suite: NeMo, raw ONNX Runtime, onnx-asr and our service, on one machine, in one run.
+"""The benchmark suite: NeMo, raw ONNX Runtime, onnx-asr, sherpa-onnx and our service, on one machine, in one run.
 
     pip install -e .[export,test,bench]
     python benchmarks/suite.py [--config medium] [--device cpu|cuda] [--repeats 3]
@@ -7,9 +7,11 @@ Builds the model from an export config (seeded random weights: the real architec
 real), exports and verifies it into a temporary model store, then measures on the same audio (espeak-ng Hindi
 speech of 2-30 s, plus a 1-minute and a 10-minute file):
 
-- NeMo PyTorch `transcribe()` (the reference), on files, batch 8;
+- NeMo PyTorch `transcribe()` (the reference), on files, batch 1, 2, 4 and 8 (a peer is compared at its best);
 - raw ONNX Runtime on our exported graph, in-process: batch 1 and length-sorted batches of 2, 4 and 8;
 - onnx-asr (PyPI) on the same weights in its own format (NeMo's encoder export + its own front end);
+- sherpa-onnx (PyPI) on the same weights in its NeMo CTC format (NeMo's encoder export with its metadata and
+  tokens.txt; its own C++ front end and decoding): batches of 1, 2, 4 and 8 streams, and 4 and 16 callers;
 - our service over HTTP (`bentoml serve` on 127.0.0.1) under 1, 4, 8 and 16 concurrent clients: throughput
   (RTFx: seconds of audio per second), p50/p95 latency, peak RSS of all server processes;
 - one 10-s request (service p50 vs one raw ORT call), and the 10-minute file against the 1-minute file;
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -121,7 +124,8 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
 # ---------------------------------------------------------------------------------------------- systems
 
 
-def bench_nemo(model: Any, clips: list[np.ndarray], work: Path, device: str, repeats: int) -> Row:
+def bench_nemo(model: Any, clips: list[np.ndarray], work: Path, device: str, repeats: int, results: Results) -> None:
+    """NeMo's transcribe() on the clips as files, at batch 1, 2, 4 and 8: a peer is compared at its best."""
     import torch
 
     paths = []
@@ -131,13 +135,15 @@ def bench_nemo(model: Any, clips: list[np.ndarray], work: Path, device: str, rep
         paths.append(str(path))
     model = model.to(device).eval()
     torch.set_num_threads(psutil.cpu_count(logical=True) or 1)
+    for size in (1, 2, 4, 8):
 
-    def run() -> None:
-        with torch.inference_mode():
-            model.transcribe(paths, batch_size=8, verbose=False)
+        def run(size: int = size) -> None:
+            with torch.inference_mode():
+                model.transcribe(paths, batch_size=size, verbose=False)
 
-    wall = timed(run, repeats)
-    return Row("NeMo transcribe()", f"batch 8, {device}, {torch.get_num_threads()} threads", seconds(clips) / wall)
+        wall = timed(run, repeats)
+        setting = f"batch {size}, {device}, {torch.get_num_threads()} threads"
+        results.add(Row("NeMo transcribe()", setting, seconds(clips) / wall))
 
 
 def ort_session(path: Path, device: str) -> Any:
@@ -193,13 +199,27 @@ def bench_ort(graph: Path, clips: list[np.ndarray], device: str, repeats: int, r
             results.add(Row(system, label, seconds(clips) / wall))
 
 
+def nemo_graph(model: Any, work: Path) -> Path:
+    """NeMo's own export of the encoder and CTC head (log-mel features in, `audio_signal` and `length`; log-probs
+    out): the graph both onnx-asr and sherpa-onnx take NeMo CTC models in, each with its own front end."""
+    path = work / "nemo-export" / "model.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.export(str(path))
+    return path
+
+
+def vocabulary(model: Any) -> list[str]:
+    return list(model.tokenizer.vocab) if hasattr(model, "tokenizer") else list(model.decoder.vocabulary)
+
+
 def onnx_asr_dir(model: Any, work: Path) -> Path:
     """Our model in onnx-asr's `nemo-conformer-ctc` layout: NeMo's own encoder+head export (features in),
     vocab.txt ("token id" per line, blank last as <blk>) and config.json; onnx-asr adds its own front end."""
     out = work / "onnx-asr"
     out.mkdir(parents=True, exist_ok=True)
-    model.export(str(out / "model.onnx"))
-    vocab = list(model.tokenizer.vocab) if hasattr(model, "tokenizer") else list(model.decoder.vocabulary)
+    shutil.copy(nemo_graph(model, work), out / "model.onnx")
+    vocab = vocabulary(model)
     lines = [f"{token} {i}" for i, token in enumerate(vocab)] + [f"<blk> {len(vocab)}"]
     (out / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = {
@@ -208,6 +228,36 @@ def onnx_asr_dir(model: Any, work: Path) -> Path:
         "subsampling_factor": int(model.cfg.encoder.subsampling_factor),
     }
     (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return out
+
+
+def sherpa_onnx_dir(model: Any, work: Path) -> Path:
+    """Our model in sherpa-onnx's NeMo CTC layout, as its documented recipe makes it: NeMo's own export (the plain,
+    unfused graph) with sherpa's metadata in the ONNX file (vocab_size counting the blank, per_feature
+    normalisation, the subsampling factor, the model class) and tokens.txt ("token id" per line, `<blk>` last).
+    A character vocabulary's space is written as SentencePiece's "▁", which sherpa-onnx turns back into a space
+    (a bare space cannot stand in its two-column file)."""
+    import onnx
+
+    out = work / "sherpa-onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = [token if token != " " else "▁" for token in vocabulary(model)]
+    lines = [f"{token} {i}" for i, token in enumerate(vocab)] + [f"<blk> {len(vocab)}"]
+    (out / "tokens.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    graph = onnx.load(str(nemo_graph(model, work)))
+    metadata = {
+        "vocab_size": str(len(lines)),
+        "normalize_type": str(model.cfg.preprocessor.get("normalize", "per_feature") or ""),
+        "subsampling_factor": str(int(model.cfg.encoder.subsampling_factor)),
+        "model_type": type(model).__name__,
+        "version": "1",
+        "model_author": "nemo",
+        "comment": "exported for the benchmark suite (benchmarks/suite.py)",
+    }
+    del graph.metadata_props[:]
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(out / "model.onnx"))
     return out
 
 
@@ -229,6 +279,68 @@ def bench_onnx_asr(
         label = "batch 1" if size == 1 else f"length-sorted batches of {size}"
         results.add(Row("onnx-asr", label, seconds(clips) / wall))
     return [str(asr.recognize(c)) for c in clips]
+
+
+def bench_sherpa_onnx(
+    model: Any, clips: list[np.ndarray], work: Path, device: str, repeats: int, results: Results
+) -> list[str]:
+    """sherpa-onnx's OfflineRecognizer on the same weights, as many threads as the machine has cores: batches of
+    1, 2, 4 and 8 length-sorted clips (decode_streams runs a list of streams at once), then 4 and 16 callers
+    each decoding its own clips one at a time (its decode releases the GIL). Returns its text of each clip."""
+    import sherpa_onnx
+
+    folder = sherpa_onnx_dir(model, work)
+    recognizer = sherpa_onnx.OfflineRecognizer.from_nemo_ctc(
+        model=str(folder / "model.onnx"),
+        tokens=str(folder / "tokens.txt"),
+        num_threads=psutil.cpu_count(logical=True) or 1,
+        sample_rate=RATE,
+        feature_dim=int(model.cfg.preprocessor.features),
+        provider="cuda" if device == "cuda" else "cpu",
+    )
+
+    def decode(batch: list[np.ndarray]) -> list[str]:
+        streams = []
+        for clip in batch:
+            stream = recognizer.create_stream()
+            stream.accept_waveform(RATE, clip)
+            streams.append(stream)
+        recognizer.decode_streams(streams)
+        return [stream.result.text for stream in streams]
+
+    order = sorted(range(len(clips)), key=lambda i: clips[i].shape[0])
+    for size in (1, 2, 4, 8):
+
+        def run(size: int = size) -> None:
+            for start in range(0, len(order), size):
+                decode([clips[i] for i in order[start : start + size]])
+
+        wall = timed(run, repeats)
+        label = "batch 1" if size == 1 else f"length-sorted batches of {size}"
+        results.add(Row("sherpa-onnx", label, seconds(clips) / wall))
+    for callers in (4, 16):
+
+        def run_callers(callers: int = callers) -> None:
+            queue = list(range(len(clips)))
+            lock = threading.Lock()
+
+            def caller() -> None:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        i = queue.pop()
+                    decode([clips[i]])
+
+            threads = [threading.Thread(target=caller) for _ in range(callers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        wall = timed(run_callers, repeats)
+        results.add(Row("sherpa-onnx", f"{callers} callers, one clip each", seconds(clips) / wall))
+    return [text for clip in clips for text in decode([clip])]
 
 
 class Sampler:
@@ -377,10 +489,10 @@ def encoder_flops_per_second(model: Any) -> float:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def report(results: Results, args: argparse.Namespace, clips: list[np.ndarray], agreement: str) -> str:
+def report(results: Results, args: argparse.Namespace, clips: list[np.ndarray], agreement: dict[str, str]) -> str:
     f = results.facts
     ort_best, nemo = results.best("raw ONNX Runtime"), results.best("NeMo transcribe()")
-    ours, peer = results.best("service (HTTP)"), results.best("onnx-asr")
+    ours, peer, sherpa = results.best("service (HTTP)"), results.best("onnx-asr"), results.best("sherpa-onnx")
     paired: dict[int, list[tuple[float, float]]] = f["paired"]
     paired_ratio = {c: statistics.median(svc / raw for raw, svc in rounds) for c, rounds in paired.items()}
     served_p50, raw_p50 = f["ten_s"]
@@ -423,7 +535,10 @@ def report(results: Results, args: argparse.Namespace, clips: list[np.ndarray], 
         f"ceiling {ceiling:.0f} GFLOP/s.",
         f"- Encoder + CTC head: {flops / 1e9:.2f} GFLOP per second of audio, so the ceiling is RTFx "
         f"{ceiling * 1e9 / flops:.0f}; raw ORT at its best reaches {ort_best.rtfx * flops / 1e9:.0f} GFLOP/s.",
-        f"- onnx-asr's text (its own front end) equals ours on {agreement} clips.",
+        f"- Text equal to NeMo's `transcribe()` (each peer has its own front end): onnx-asr {agreement['onnx-asr']} "
+        f"clips, sherpa-onnx {agreement['sherpa-onnx']}.",
+        f"- Each peer at its best: NeMo {nemo.setting} (RTFx {nemo.rtfx:.1f}), onnx-asr {peer.setting} "
+        f"({peer.rtfx:.1f}), sherpa-onnx {sherpa.setting} ({sherpa.rtfx:.1f}).",
         "",
         "| ratio | measured | target | |",
         "|---|---|---|---|",
@@ -432,8 +547,9 @@ def report(results: Results, args: argparse.Namespace, clips: list[np.ndarray], 
             for c, r in paired_ratio.items()
         ],
         f"| the same from the separate runs above (best against best) | {ours.rtfx / ort_best.rtfx:.2f} | | |",
-        ratio("service / NeMo transcribe()", ours.rtfx / nemo.rtfx, 1.5),
+        ratio("service / NeMo transcribe() (its best batch)", ours.rtfx / nemo.rtfx, 1.5),
         ratio("service / onnx-asr (its best)", ours.rtfx / peer.rtfx, 1.25),
+        ratio("service / sherpa-onnx (its best)", ours.rtfx / sherpa.rtfx, 1.0),
         ratio("10-s request: service p50 / raw ORT call", served_p50 / raw_p50, 1.05, "<="),
         ratio("10-minute file / (10 x 1-minute file)", ten_wall / (10 * one_wall), 1.1, "<="),
         ratio("encoder FLOP rate (raw ORT best) / GEMM ceiling", ort_best.rtfx * flops / (ceiling * 1e9), 0.65),
@@ -451,7 +567,12 @@ def plot(results: Results, path: Path) -> None:
     levels = [int(r.setting.split()[0]) for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(levels, [r.rtfx for r in rows], "o-", label="service (HTTP)")
-    for system, style in (("raw ONNX Runtime", "--"), ("onnx-asr", ":"), ("NeMo transcribe()", "-.")):
+    for system, style in (
+        ("raw ONNX Runtime", "--"),
+        ("onnx-asr", ":"),
+        ("sherpa-onnx", (0, (5, 1, 1, 1))),
+        ("NeMo transcribe()", "-."),
+    ):
         left.axhline(results.best(system).rtfx, linestyle=style, color="grey")
         left.annotate(f"{system} (best)", (levels[0], results.best(system).rtfx), fontsize=8, va="bottom")
     left.set(
@@ -504,7 +625,8 @@ def main() -> None:
     results.facts["flops_per_audio_s"] = encoder_flops_per_second(loaded.model)
     bench_ort(graph, clips, args.device, args.repeats, results)
     texts = bench_onnx_asr(loaded.model, clips, work, args.device, args.repeats, results)
-    results.add(bench_nemo(loaded.model, clips, work, args.device, max(1, args.repeats - 1)))
+    sherpa_texts = bench_sherpa_onnx(loaded.model, clips, work, args.device, args.repeats, results)
+    bench_nemo(loaded.model, clips, work, args.device, max(1, args.repeats - 1), results)
     bench_service(str(tag), clips, args.device, args.repeats, results, work, graph)
     # this machine's speed drifts over minutes (a shared VM): measure the raw session again next to the
     # service runs; the better of the two is the bar the service is held to
@@ -518,7 +640,10 @@ def main() -> None:
             [str(work / f"clip{i}.wav") for i in range(len(clips))], batch_size=8, return_hypotheses=True, verbose=False
         )
     ]
-    agreement = f"{sum(a == b for a, b in zip(texts, ours, strict=True))}/{len(clips)}"
+    agreement = {
+        peer: f"{sum(a == b for a, b in zip(said, ours, strict=True))}/{len(clips)}"
+        for peer, said in (("onnx-asr", texts), ("sherpa-onnx", sherpa_texts))
+    }
     text = report(results, args, clips, agreement)
     print("\n" + text)
     if not args.no_doc:
