@@ -126,6 +126,17 @@ class ServiceError(Exception):
         self.error_code, self.message = status, text
 
 
+def checked(r: Any) -> Any:
+    """An httpx response, or ServiceError for the service's error answer."""
+    if r.status_code >= 400:
+        raise ServiceError(r.status_code, r.text)
+    return r
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 async def by_job(http: Any, item: Item, request: Request, ledger: Ledger) -> Any:
     """One file as a job: submitted once (its id kept in the ledger, so a rerun after an interruption waits for
     the same job), its status polled until it ends, then its answer: a dict for JSON, else the text."""
@@ -138,11 +149,12 @@ async def by_job(http: Any, item: Item, request: Request, ledger: Ledger) -> Any
 
         async def submit() -> str:
             with item.source.open("rb") as f:
-                r = await http.post("/transcribe_job/submit", files={"audio": (item.source.name, f)}, data=data)
-            if r.status_code >= 400:
-                raise ServiceError(r.status_code, r.text)
-            ledger.remember_job(item.source, request.options, str(r.json()["task_id"]))
-            return str(r.json()["task_id"])
+                r = checked(
+                    await http.post("/transcribe_job/submit", files={"audio": (item.source.name, f)}, data=data)
+                )
+            submitted = str(r.json()["task_id"])
+            ledger.remember_job(item.source, request.options, submitted)
+            return submitted
 
         # Ctrl-C during a submit lets it finish and be recorded: the server has the job, a rerun waits for it
         submitting = asyncio.ensure_future(submit())
@@ -154,16 +166,12 @@ async def by_job(http: Any, item: Item, request: Request, ledger: Ledger) -> Any
             raise
     pause = 0.5
     while True:
-        r = await http.get("/transcribe_job/status", params={"task_id": task_id})
-        if r.status_code >= 400:
-            raise ServiceError(r.status_code, r.text)
+        r = checked(await http.get("/transcribe_job/status", params={"task_id": task_id}))
         if r.json()["status"] != "in_progress":
             break
         await asyncio.sleep(pause)
         pause = min(5.0, pause * 1.5)
-    r = await http.get("/transcribe_job/get", params={"task_id": task_id})
-    if r.status_code >= 400:
-        raise ServiceError(r.status_code, r.text)
+    r = checked(await http.get("/transcribe_job/get", params={"task_id": task_id}))
     return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
 
 
@@ -217,8 +225,7 @@ async def wait_ready(url: str, timeout_s: float, token: str | None) -> None:
             if time.monotonic() >= deadline:
                 raise Unusable(f"not ready after {timeout_s:g} s ({last})")
             await asyncio.sleep(0.5)
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        r = await client.get(url + "/schema.json", headers=headers)
+        r = await client.get(url + "/schema.json", headers=bearer(token))
         if r.status_code == 401:
             status, code, message = error_of(ServiceError(401, r.text))
             raise Unusable(f"{status} {code}: {message} (give the key with --token or $ASR_API_KEY)")
@@ -248,8 +255,7 @@ async def run(
         client = bentoml.AsyncHTTPClient(
             request.url, token=request.token, timeout=request.timeout_s, server_ready_timeout=0
         )
-        headers = {"authorization": f"Bearer {request.token}"} if request.token else {}
-        http = httpx.AsyncClient(base_url=request.url, headers=headers, timeout=request.timeout_s)
+        http = httpx.AsyncClient(base_url=request.url, headers=bearer(request.token), timeout=request.timeout_s)
         async with client, http:
             while True:
                 try:

@@ -75,6 +75,12 @@ def _synthesize(job: tuple[int, str, int]) -> npt.NDArray[np.int16]:
     return np.asarray(np.round(np.clip(audio, -1, 1) * 32767), dtype=np.int16)
 
 
+def speaking_jobs(texts: Sequence[str], seed: int) -> list[tuple[int, str, int]]:
+    """Each utterance's job for _synthesize: its own seed picks its voice and pauses (the corpus is the same audio
+    whenever it is spoken again with the same seed)."""
+    return [(i, t, seed * 1_000_003 + i) for i, t in enumerate(texts)]
+
+
 @dataclass
 class Corpus:
     texts: list[str]
@@ -98,7 +104,7 @@ class Corpus:
                 log(f"speech cache {cache}: {len(texts)} utterances, {data['audio'].size / RATE / 3600:.1f} h")
                 return cls(list(texts), data["audio"], data["offsets"])
         log(f"speaking {len(texts)} sentences with espeak-ng ({processes} processes)")
-        jobs = [(i, t, seed * 1_000_003 + i) for i, t in enumerate(texts)]
+        jobs = speaking_jobs(texts, seed)
         parts: list[npt.NDArray[np.int16]] = []
         started = time.monotonic()
         with Pool(processes) as pool:
@@ -366,7 +372,7 @@ def train(args: argparse.Namespace) -> Path:
 
 def utterance_seconds(seconds: npt.NDArray[np.float64]) -> dict[str, float]:
     """How long the training utterances are (what the export records as the model's training durations: the
-    service keeps the segments of long audio within them)."""
+    service shapes the segments of long audio like the median one)."""
     return {
         "min": round(float(seconds.min()), 2),
         "median": round(float(np.median(seconds)), 2),
@@ -380,10 +386,10 @@ def _length(job: tuple[int, str, int]) -> int:
 
 
 def record_utterance_seconds(args: argparse.Namespace, summary: Path = HERE / "training.json") -> None:
-    """Speak the training corpus again (the same seed gives the same audio, as Corpus.build speaks it) and write
+    """Speak the training corpus again (speaking_jobs: the same seed gives the same audio) and write
     its utterance lengths into the checkpoint's training summary, without training or keeping the audio."""
     train_texts, _ = training_and_heldout(args.sentences, args.heldout, args.seed)
-    jobs = [(i, t, args.seed * 1_000_003 + i) for i, t in enumerate(train_texts)]
+    jobs = speaking_jobs(train_texts, args.seed)
     with Pool(args.threads) as pool:
         lengths = np.array(pool.map(_length, jobs, chunksize=64), dtype=np.float64)
     figures = utterance_seconds(lengths / RATE)

@@ -140,28 +140,21 @@ def split_speech(
     return [Segment(lo, samples[lo:hi], speech.no_speech_prob(lo, hi)) for lo, hi in bounds]
 
 
-def _least_speech_between(samples: npt.NDArray[np.float32], speech: SpeechMap, lo: int, hi: int) -> int | None:
-    """Centre of the least speech-like window wholly inside [lo, hi): where the speech probability times the
-    energy, both averaged over SMOOTH_WINDOWS, is lowest; None when no window fits."""
-    first, last = math.ceil(lo / speech.window), min(int(hi // speech.window), speech.probs.shape[0])
-    if last <= first:
-        return None
-    smooth = _moving_average(speech.probs[first:last])
-    bounds = np.round(np.arange(first, last + 1) * speech.window).astype(np.int64)
-    power = samples[bounds[0] : bounds[-1]].astype(np.float32) ** 2
-    energy = _moving_average(np.add.reduceat(power, bounds[:-1] - bounds[0]) / np.diff(bounds))
-    best = first + int(np.argmin((smooth + PROB_FLOOR) * energy))
-    return round((best + 0.5) * speech.window)
-
-
 def _least_speech_point(samples: npt.NDArray[np.float32], speech: SpeechMap, start: int, max_samples: int) -> int:
     """Centre of the least speech-like window in the last quarter (at most MAX_SEARCH_S) of the segment that
     starts at `start`: where the speech probability times the energy, both averaged over SMOOTH_WINDOWS, is
     lowest."""
     search = max(1, min(int(max_samples * SEARCH_FRACTION), int(MAX_SEARCH_S * speech.rate)))
     end = start + max_samples
-    cut = _least_speech_between(samples, speech, end - search, end)
-    return end if cut is None else int(min(end, max(start + 1, cut)))
+    lo, hi = math.ceil((end - search) / speech.window), int(end // speech.window)  # windows wholly inside
+    if hi <= lo:
+        return end
+    smooth = _moving_average(speech.probs[lo:hi])
+    bounds = np.round(np.arange(lo, hi + 1) * speech.window).astype(np.int64)
+    power = samples[bounds[0] : bounds[-1]].astype(np.float32) ** 2
+    energy = _moving_average(np.add.reduceat(power, bounds[:-1] - bounds[0]) / np.diff(bounds))
+    best = lo + int(np.argmin((smooth + PROB_FLOOR) * energy))
+    return int(min(end, max(start + 1, round((best + 0.5) * speech.window))))
 
 
 def _moving_average(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
