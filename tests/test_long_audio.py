@@ -82,19 +82,33 @@ def peak_rss_during(server: Server, wav: bytes) -> tuple[dict[str, object], int]
     return dict(r.json()), peak[0]
 
 
+@pytest.mark.parametrize("times", [1, 4])
 def test_long_file_is_cut_in_pauses_and_equals_nemo_per_segment(
-    server: Server, tiny_char: Exported, long_file: tuple[bytes, list[tuple[float, float]]], tmp_path: Path
+    server: Server, tiny_char: Exported, long_file: tuple[bytes, list[tuple[float, float]]], tmp_path: Path, times: int
 ) -> None:
+    """Three minutes, and twelve: an upload of 23 MB waits in a temporary file (over forms.SPOOL_BYTES) and its
+    46 MB of decoded audio on disk (over spill.SPILL_BYTES); every segment is still exactly NeMo's."""
     wav, spans = long_file
+    if times > 1:
+        audio, _ = sf.read(io.BytesIO(wav), dtype="float32")
+        total = audio.shape[0] / RATE
+        spans = [(s + k * total, e + k * total) for k in range(times) for s, e in spans]
+        wav = encode(np.tile(audio, times), RATE)
+        from service.api.forms import SPOOL_BYTES
+        from service.audio.spill import SPILL_BYTES
+
+        assert len(wav) > SPOOL_BYTES and total * times * RATE * 4 > SPILL_BYTES
     body, _ = peak_rss_during(server, wav)
     segments = body["segments"]
     assert isinstance(segments, list) and len(segments) == len(spans)  # one utterance per segment
     audio, _ = sf.read(io.BytesIO(wav), dtype="float32")
-    # every cut lies in a pause: strictly between the end of one sentence and the start of the next
+    # every cut lies in a pause: strictly between the end of one sentence and the start of the next (where the
+    # file is repeated, the pause at each joint is the file's end and start: twice as long)
+    pauses = [PAUSE_S] if times == 1 else [PAUSE_S, 2 * PAUSE_S]
     for seg in segments[1:]:
         before = [e for s, e in spans if e <= seg["start"]]
         after = [s for s, e in spans if s >= seg["start"]]
-        assert before and after and after[0] - before[-1] == pytest.approx(PAUSE_S, abs=0.01)
+        assert before and after and any(after[0] - before[-1] == pytest.approx(p, abs=0.01) for p in pauses)
     # the text is the concatenation of NeMo's transcript of each segment's own audio
     paths = []
     for i, seg in enumerate(segments):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -124,42 +122,3 @@ def test_each_upload_is_parsed_once_and_never_written_to_a_file(
     r = client.post(route, files={field: (long_name, wav, "audio/wav")}, data={"response_format": "json"})
     assert r.status_code == 200 and r.json()["text"]
     assert (len(parses), len(temp_dirs)) == (1, 0)
-
-
-def test_a_large_upload_is_parsed_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The guard holds the whole body in memory already: a file part over Starlette's 1 MB is not copied to a
-    temporary file on disk while the form is parsed (Starlette's own request.form() would spool it)."""
-    import asyncio
-
-    import httpx
-
-    from service.api.forms import FormRoute, check_form
-
-    rollovers: list[int] = []
-    rollover = tempfile.SpooledTemporaryFile.rollover
-
-    def counted_rollover(self: Any) -> None:
-        rollovers.append(1)
-        rollover(self)
-
-    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", counted_rollover)
-    wav = encode(np.tile(speech.noise(10.0, 3), 4), 16000)  # 40 s: 1.3 MB
-    assert len(wav) > 1024 * 1024
-    request = httpx.Request("POST", "http://x/transcribe", files={"audio": ("a.wav", wav, "audio/wav")})
-    body, content_type = request.read(), request.headers["content-type"]
-    headers = [(b"content-type", content_type.encode())]
-    scope = {"type": "http", "method": "POST", "path": "/transcribe", "headers": headers}
-
-    async def answer(scope: Any, form: Any) -> Any:
-        raise AssertionError("only parsed here")
-
-    async def parse() -> bytes:
-        problem, _, form = await check_form(scope, body, content_type, FormRoute("audio", answer, frozenset({"audio"})))
-        assert problem == "" and form is not None
-        try:
-            return bytes(await form["audio"].read())
-        finally:
-            await form.close()
-
-    assert asyncio.run(parse()) == wav
-    assert rollovers == []

@@ -3,8 +3,8 @@
 - Uploads over the size limit get 413 while the body arrives (Content-Length first, then counted bytes),
   before BentoML buffers anything (BentoML 1.4 has no body limit).
 - The transcription routes' forms are parsed here, once (service/api/forms.py), and answered by the route's
-  door from that parsed form: nothing parses it again, and the upload is never written to a temporary file
-  (BentoML writes one for a `Path` argument).
+  door from that parsed form: nothing parses it again. A body up to forms.SPOOL_BYTES stays in memory (BentoML
+  writes a file for every `Path` argument); a larger one, and its upload, wait in unnamed temporary files.
 - The concurrency limit (429 at once) and the request timeout (504) of the API routes are enforced here:
   BentoML adds user middlewares inside its own traffic middlewares, whose bodies we could not reshape.
   BentoML's own limits stay configured, looser, as a backstop.
@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import anyio
 
 from service import metrics
 from service.api.disconnect import run_watching
-from service.api.forms import FormHandler, FormRoute, check_form
+from service.api.forms import SPOOL_BYTES, FormHandler, FormRoute, check_form
 from service.api.keys import SUBPROTOCOL, KeyStore
 from service.api.replies import (
     BENTOML_INTERNAL,
@@ -208,26 +209,32 @@ class RequestGuard:
         if declared.isdigit() and int(declared) > max_body:
             await self._too_large(send, route.style, max_body)
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        body = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed below)
+        try:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                piece = message.get("body", b"")
+                size += len(piece)
+                if size > max_body:
+                    await self._too_large(send, route.style, max_body)
+                    return
+                body.write(piece)
+                if not message.get("more_body", False):
+                    break
+            if headers.get("content-type", "").lower().startswith(BENTOML_INTERNAL):
+                # a parent service that depends on this one by import calls it with pickled arguments; BentoML
+                # itself refuses that media type when this is the main (public) server
+                body.seek(0)
+                payload = body.read()
+                body.close()
+                await run_watching(self.app, scope, receive, send, payload)
                 return
-            body += message.get("body", b"")
-            if len(body) > max_body:
-                await self._too_large(send, route.style, max_body)
-                return
-            if not message.get("more_body", False):
-                break
-        payload = bytes(body)
-        del body
-        if headers.get("content-type", "").lower().startswith(BENTOML_INTERNAL):
-            # a parent service that depends on this one by import calls it with pickled arguments; BentoML
-            # itself refuses that media type when this is the main (public) server
-            await run_watching(self.app, scope, receive, send, payload)
-            return
-        problem, param, form = await check_form(scope, payload, headers.get("content-type", ""), route)
-        del payload
+            problem, param, form = await check_form(scope, body, headers.get("content-type", ""), route)
+        finally:
+            body.close()
         if problem or form is None:
             await send_json(send, 400, error_body(route.style, 400, "bad_request", problem, param))
             return

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 
@@ -25,8 +25,9 @@ log = logging.getLogger("asr")
 RENEW_S = 1.0  # how often a running job's lease is renewed and its cancellation looked for
 HOUSEKEEPING_S = 10.0  # how often lost jobs are recovered and old answers expired
 
-# A job's work: (job, upload, state) -> (HTTP status, media type, body); `state.asr_audio_s`: the audio's length
-Execute = Callable[[Job, bytes, SimpleNamespace], Coroutine[Any, Any, tuple[int, str, bytes]]]
+# A job's work: (job, its upload file, state) -> (HTTP status, media type, body); `state.asr_audio_s`: the audio's
+# length. The work owns the file (the decoding closes it).
+Execute = Callable[[Job, BinaryIO, SimpleNamespace], Coroutine[Any, Any, tuple[int, str, bytes]]]
 
 
 class JobRunner:
@@ -83,7 +84,7 @@ class JobRunner:
 
     async def _run(self, job: Job) -> None:
         try:
-            data = await anyio.Path(self.store.upload_path(job.id)).read_bytes()
+            data: BinaryIO | None = self.store.upload_path(job.id).open("rb")
         except OSError:
             data = None
         try:

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import anyio
 from starlette.datastructures import Headers
@@ -85,7 +85,7 @@ def _owner(scope: Scope) -> str:
     return str(scope.get("state", {}).get("asr_key") or "")
 
 
-async def execute(job: Job, data: bytes, state: SimpleNamespace) -> tuple[int, str, bytes]:
+async def execute(job: Job, data: BinaryIO, state: SimpleNamespace) -> tuple[int, str, bytes]:
     """A job's work: the /transcribe door's own answer to its upload and fields, with the jobs' limits."""
     entry = _entry()
     options = transcribe.TranscribeFields.model_validate(job.fields)
@@ -109,8 +109,8 @@ async def submit_form(scope: Scope, form: Any) -> Response:
     try:
         entry.policy.model(options.model, options.language)
         entry.policy.decoding(options.decoding, options.hotwords)
-        data = await form[transcribe.FILE_FIELD].read()
-        job = await anyio.to_thread.run_sync(entry.jobs.store.submit, options.model_dump(), data, _owner(scope))
+        upload = form[transcribe.FILE_FIELD].file  # copied from the form's own file (closed with the form)
+        job = await anyio.to_thread.run_sync(entry.jobs.store.submit, options.model_dump(), upload, _owner(scope))
     except ASRError as exc:
         headers = {"retry-after": "30"} if exc.status == 429 else None
         return JSONResponse(exc.body(), status_code=int(exc.status), headers=headers)

@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket
 
 from service.api.entry import Entry, current
 from service.api.formats import media_type, openai_verbose, render
+from service.api.forms import upload_data
 from service.api.realtime import serve
 from service.api.replies import Scope, error_body
 from service.errors import ASRError, BadRequest
@@ -77,7 +78,7 @@ async def answer_form(scope: Scope, form: Any) -> Response:
         if not isinstance(upload, UploadFile):
             raise BadRequest("the field 'file' must be an uploaded audio file", FILE_FIELD)
         options = _options(form, entry)
-        data = await upload.read()
+        data = await upload_data(upload)
         state.asr_model = options["model"].name  # for the request metrics and log line (api/requestlog.py)
         transcript = await entry.files.run(data, options["model"], options["decoding"])
         state.asr_audio_s = transcript.duration_s

@@ -17,8 +17,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from service.api.entry import Entry, current
 from service.api.formats import ResponseFormat, media_type, render
+from service.api.forms import upload_data
 from service.api.replies import BENTOML_INTERNAL, Scope, error_body
 from service.api.schemas import SegmentSpan, Transcription, Word
+from service.audio.decode import Upload
 from service.errors import ASRError
 from service.pipeline.files import FileTranscription
 
@@ -74,12 +76,12 @@ async def read_fields(form: Any) -> TranscribeFields | Response:
 
 
 async def answer_form(scope: Scope, form: Any) -> Response:
-    """POST /transcribe from the form the request guard parsed: parsed once, the upload never written to a file.
-    The same fields, checks and answers as the BentoML API."""
+    """POST /transcribe from the form the request guard parsed: parsed once (a large upload waits in a temporary
+    file). The same fields, checks and answers as the BentoML API."""
     options = await read_fields(form)
     if isinstance(options, Response):
         return options
-    data = await form[FILE_FIELD].read()
+    data = await upload_data(form[FILE_FIELD])
     headers = Headers(scope=scope)
     state = State(scope.setdefault("state", {}))
     answer = await transcribe(
@@ -91,7 +93,7 @@ async def answer_form(scope: Scope, form: Any) -> Response:
 
 async def transcribe(
     entry: Entry,
-    data: bytes,
+    data: Upload,
     options: TranscribeFields,
     state: Any,
     media: str,
@@ -99,10 +101,11 @@ async def transcribe(
     files: FileTranscription | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Response | Transcription:
-    """An upload's bytes and the request's options -> the answer (a Transcription itself for a parent service
-    that sent pickled arguments). `state`: the request's, where the model and the audio's length are left for the
-    request's metrics and log line (service/api/requestlog.py). `files`: the pipeline (default: the entry's, with
-    the interactive limits; jobs have their own); `progress(segments done, segments)` as they are recognised."""
+    """An upload (its bytes, or a file the decoding closes) and the request's options -> the answer (a
+    Transcription itself for a parent service that sent pickled arguments). `state`: the request's, where the model
+    and the audio's length are left for the request's metrics and log line (service/api/requestlog.py). `files`:
+    the pipeline (default: the entry's, with the interactive limits; jobs have their own); `progress(segments done,
+    segments)` as they are recognised."""
     try:
         served = entry.policy.model(options.model, options.language)
         decoding = entry.policy.decoding(options.decoding, options.hotwords)

@@ -10,9 +10,9 @@ references stay off (FFmpeg's default).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from types import TracebackType
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -29,9 +29,9 @@ LENGTH_SLACK_S = 0.1
 
 
 class AVSource:
-    def __init__(self, data: bytes, demuxer: str) -> None:
+    def __init__(self, upload: BinaryIO, demuxer: str) -> None:
         try:
-            self.container = av.open(io.BytesIO(data), mode="r", format=demuxer)
+            self.container = av.open(upload, mode="r", format=demuxer)
         except (av.FFmpegError, ValueError, OSError):
             if demuxer in FRAME_SYNCED:
                 raise UnsupportedFormat("the upload is not audio in a format we decode") from None

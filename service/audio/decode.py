@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,7 @@ import soundfile as sf
 import soxr
 
 from service.audio.source import BLOCK_FRAMES, Source
+from service.audio.spill import Samples, SampleSink
 from service.errors import (
     AudioTooLarge,
     AudioTooLong,
@@ -42,7 +44,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Decoded:
-    samples: npt.NDArray[np.float32]  # mono, at the target rate
+    samples: Samples  # mono, at the target rate (on disk when long: service/audio/spill.py)
     source_rate: int
     channels: int
     format: str  # soundfile's container name: WAV, FLAC, OGG, MP3, ...
@@ -54,30 +56,41 @@ class Abandoned(Exception):
     """Nobody waits for this decoding any more (the client went away or the request timed out)."""
 
 
-def decode(data: bytes, target_rate: int, limits: Limits, stop: Callable[[], bool] | None = None) -> Decoded:
+Upload = bytes | BinaryIO  # an upload in memory, or a seekable file holding it (a large one waits on disk)
+
+
+def decode(data: Upload, target_rate: int, limits: Limits, stop: Callable[[], bool] | None = None) -> Decoded:
     """Decode, check, down-mix and resample, block by block: a request's peak memory is one block plus its
-    audio at the model's rate, whatever the upload's rate and channel count. libsndfile reads what it knows
-    (WAV, FLAC, OGG, MP3, AIFF, ...); FFmpeg's demuxers and decoders (PyAV) read what phones and browsers record
-    (MP4/M4A with AAC, WebM/Matroska with Opus, ADTS AAC, AMR). Raises the service's client errors (4xx), or
-    Abandoned when `stop()` turns true between blocks."""
-    if not data:
+    audio at the model's rate up to spill.SPILL_BYTES (beyond, the audio waits on disk), whatever the upload's
+    rate and channel count (and, from a file, whatever its size). libsndfile reads what it knows (WAV, FLAC,
+    OGG, MP3, AIFF, ...); FFmpeg's demuxers and decoders (PyAV) read what phones and browsers record (MP4/M4A
+    with AAC, WebM/Matroska with Opus, ADTS AAC, AMR).
+    Raises the service's client errors (4xx), or Abandoned when `stop()` turns true between blocks."""
+    upload: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
+    size = upload.seek(0, io.SEEK_END)
+    if not size:
         raise EmptyAudio("the audio file is empty")
+    upload.seek(0)
+    head = upload.read(HEAD_BYTES)
+    upload.seek(0)
     try:
-        f = sf.SoundFile(io.BytesIO(data))
+        f = sf.SoundFile(upload)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        container = sniff_container(data)
+        container = sniff_container(head)
         if container is None:
             raise UnsupportedFormat(f"the upload is not audio in a format we decode ({FORMATS_NAMED})") from None
         from service.audio.containers import AVSource  # PyAV loads FFmpeg's libraries: only when needed
 
-        with AVSource(data, container) as source:
+        upload.seek(0)
+        with AVSource(upload, container) as source:
             return _decode(source, target_rate, limits, stop)
     with f:
         if f.format == "WAV":
-            _check_wav_length(data)
+            _check_wav_length(upload, size)
         return _decode(_SoundFileSource(f), target_rate, limits, stop)
 
 
+HEAD_BYTES = 16  # what sniff_container reads of a file's start
 FORMATS_NAMED = "WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, M4A/MP4 AAC, WebM/Matroska Opus, AAC, AMR, ..."
 
 # Containers libsndfile does not read, told by their first bytes (never by name or declared type), each opened
@@ -159,28 +172,36 @@ UNKNOWN_SIZES = (0, 0xFFFFFFFF)
 UNKNOWN_SIZE_FLOOR = 0x7FFFF000
 
 
-def _check_wav_length(data: bytes) -> None:
+def _check_wav_length(upload: BinaryIO, length: int) -> None:
     """A RIFF WAVE file whose `data` chunk announces more bytes than the file holds was cut short (a partial
-    download or upload): refused, where libsndfile would quietly decode the part that is there."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return
-    position = 12
-    while position + 8 <= len(data):
-        chunk, size = data[position : position + 4], int.from_bytes(data[position + 4 : position + 8], "little")
-        if chunk == b"data":
-            if size in UNKNOWN_SIZES or size >= UNKNOWN_SIZE_FLOOR:
-                return
-            held = len(data) - position - 8
-            if size > held:
-                raise UndecodableAudio(
-                    f"the WAV file is cut short: its header announces {size:,} bytes of audio, it holds {held:,}"
-                )
+    download or upload): refused, where libsndfile would quietly decode the part that is there. Reads the chunk
+    headers only; leaves the file's position where it was."""
+    was = upload.tell()
+    try:
+        upload.seek(0)
+        if length < 12 or upload.read(4) != b"RIFF" or upload.read(8)[4:] != b"WAVE":
             return
-        position += 8 + size + (size & 1)
+        position = 12
+        while position + 8 <= length:
+            upload.seek(position)
+            header = upload.read(8)
+            chunk, size = header[:4], int.from_bytes(header[4:8], "little")
+            if chunk == b"data":
+                if size in UNKNOWN_SIZES or size >= UNKNOWN_SIZE_FLOOR:
+                    return
+                held = length - position - 8
+                if size > held:
+                    raise UndecodableAudio(
+                        f"the WAV file is cut short: its header announces {size:,} bytes of audio, it holds {held:,}"
+                    )
+                return
+            position += 8 + size + (size & 1)
+    finally:
+        upload.seek(was)
 
 
 class _BlockReader:
-    """Reads, down-mixes and resamples one block at a time into one output array at the model's rate."""
+    """Reads, down-mixes and resamples one block at a time into the output at the model's rate."""
 
     def __init__(
         self,
@@ -213,20 +234,8 @@ class _BlockReader:
                 "lower rate, e.g. 16 kHz mono)"
             )
 
-    def read_all(self, blocks: Iterator[npt.NDArray[np.float32]], declared: int | None) -> npt.NDArray[np.float32]:
-        ratio = self.target_rate / self.rate
-        out = np.empty(int((declared or BLOCK_FRAMES) * ratio) + 16, np.float32)
-        used = 0
-
-        def put(piece: npt.NDArray[np.float32]) -> None:
-            nonlocal out, used
-            if used + piece.shape[0] > out.shape[0]:  # the header's length was short (or unknown): grow
-                grown = np.empty(max(out.shape[0] * 2, used + piece.shape[0]), np.float32)
-                grown[:used] = out[:used]
-                out = grown
-            out[used : used + piece.shape[0]] = piece
-            used += piece.shape[0]
-
+    def read_all(self, blocks: Iterator[npt.NDArray[np.float32]], declared: int | None) -> Samples:
+        sink = SampleSink(int((declared or BLOCK_FRAMES) * self.target_rate / self.rate) + 16)
         for block in blocks:
             if self.stop is not None and self.stop():
                 raise Abandoned
@@ -235,8 +244,7 @@ class _BlockReader:
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
             if not np.isfinite(mono).all():
                 raise UndecodableAudio("the audio holds NaN or infinite samples")
-            put(mono if self.resampler is None else self.resampler.resample_chunk(mono))
+            sink.put(mono if self.resampler is None else self.resampler.resample_chunk(mono))
         if self.resampler is not None and self.frames:
-            put(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-        # the header's length is usually right, so the array is the output; after growing, let go of the slack
-        return out[:used] if out.shape[0] - used <= max(1024, used // 64) else out[:used].copy()
+            sink.put(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        return sink.samples()

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from service.audio.spill import Samples
+
 FRAME_S = 0.02  # energy is measured over 20 ms windows
 SEARCH_FRACTION = 0.25  # without a pause, look for the quietest window in the last quarter of a segment
 MAX_SEARCH_S = 8.0
@@ -49,7 +51,7 @@ MERGE_GAP_S = 1.0  # regions (padded) at most this far apart share a segment: co
 @dataclass(frozen=True)
 class Segment:
     start: int  # first sample, in the whole audio
-    samples: npt.NDArray[np.float32]
+    samples: Samples  # a view of the decoded audio (on disk for long audio: read when sent)
     no_speech_prob: float | None = None  # from the VAD: 1 - the highest speech probability within the segment
 
 
@@ -103,7 +105,7 @@ def _regions(probs: npt.NDArray[np.float32], min_silence: int, min_speech: int) 
 
 
 def split_speech(
-    samples: npt.NDArray[np.float32], speech: SpeechMap, max_samples: int, pad_s: float, target_samples: int = 0
+    samples: Samples, speech: SpeechMap, max_samples: int, pad_s: float, target_samples: int = 0
 ) -> list[Segment]:
     """Segments of at most `max_samples` holding every speech region (widened by `pad_s`), in order; the audio
     between them is left out. Audio no longer than one segment is one segment, whole.
@@ -140,7 +142,7 @@ def split_speech(
     return [Segment(lo, samples[lo:hi], speech.no_speech_prob(lo, hi)) for lo, hi in bounds]
 
 
-def _least_speech_point(samples: npt.NDArray[np.float32], speech: SpeechMap, start: int, max_samples: int) -> int:
+def _least_speech_point(samples: Samples, speech: SpeechMap, start: int, max_samples: int) -> int:
     """Centre of the least speech-like window in the last quarter (at most MAX_SEARCH_S) of the segment that
     starts at `start`: where the speech probability times the energy, both averaged over SMOOTH_WINDOWS, is
     lowest."""
@@ -151,7 +153,7 @@ def _least_speech_point(samples: npt.NDArray[np.float32], speech: SpeechMap, sta
         return end
     smooth = _moving_average(speech.probs[lo:hi])
     bounds = np.round(np.arange(lo, hi + 1) * speech.window).astype(np.int64)
-    power = samples[bounds[0] : bounds[-1]].astype(np.float32) ** 2
+    power = np.asarray(samples[bounds[0] : bounds[-1]], dtype=np.float32) ** 2
     energy = _moving_average(np.add.reduceat(power, bounds[:-1] - bounds[0]) / np.diff(bounds))
     best = lo + int(np.argmin((smooth + PROB_FLOOR) * energy))
     return int(min(end, max(start + 1, round((best + 0.5) * speech.window))))
@@ -167,7 +169,7 @@ def _moving_average(values: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.flo
 
 
 def cut_by_speech(
-    samples: npt.NDArray[np.float32],
+    samples: Samples,
     rate: int,
     max_samples: int,
     pad_s: float,
@@ -180,21 +182,21 @@ def cut_by_speech(
     return split_speech(samples, speech, max_samples, pad_s, target_samples), speech
 
 
-def hear(samples: npt.NDArray[np.float32], rate: int, vad: VAD, stop: Callable[[], bool] = lambda: False) -> SpeechMap:
-    """The VAD's verdict on the audio (heard at the VAD's own rate, 16 kHz)."""
+def hear(samples: Samples, rate: int, vad: VAD, stop: Callable[[], bool] = lambda: False) -> SpeechMap:
+    """The VAD's verdict on the audio (heard at the VAD's own rate, 16 kHz; the VAD reads it a block at a time)."""
     import soxr
 
     from service.audio.vad import RATE, WINDOW
 
-    heard = samples if rate == RATE else np.asarray(soxr.resample(samples, rate, RATE), dtype=np.float32)
+    heard = samples if rate == RATE else np.asarray(soxr.resample(np.asarray(samples), rate, RATE), dtype=np.float32)
     return SpeechMap(vad.probabilities(heard, stop), WINDOW * rate / RATE, rate)
 
 
 class VAD(Protocol):
-    def probabilities(self, samples: npt.NDArray[np.float32], stop: Callable[[], bool]) -> npt.NDArray[np.float32]: ...
+    def probabilities(self, samples: Samples, stop: Callable[[], bool]) -> npt.NDArray[np.float32]: ...
 
 
-def split(samples: npt.NDArray[np.float32], max_samples: int, rate: int, min_pause_s: float = 0.3) -> list[Segment]:
+def split(samples: Samples, max_samples: int, rate: int, min_pause_s: float = 0.3) -> list[Segment]:
     """Contiguous, non-overlapping segments of at most `max_samples` that together are the whole audio."""
     if max_samples <= 0:
         raise ValueError("max_samples must be positive")
@@ -217,14 +219,22 @@ def split(samples: npt.NDArray[np.float32], max_samples: int, rate: int, min_pau
     return segments
 
 
-def frame_energy(samples: npt.NDArray[np.float32], frame: int) -> npt.NDArray[np.float64]:
+ENERGY_BLOCK = 1 << 20  # samples per block of frame_energy: a float64 copy of the whole audio would be 2x its size
+
+
+def frame_energy(samples: Samples, frame: int) -> npt.NDArray[np.float64]:
+    """Mean square of every whole `frame` of the audio, a block at a time."""
     n = samples.shape[0] // frame
-    windows = samples[: n * frame].astype(np.float64).reshape(n, frame)
-    energy: npt.NDArray[np.float64] = (windows**2).mean(axis=1)
+    energy = np.empty(n, np.float64)
+    step = max(1, ENERGY_BLOCK // frame)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        windows = np.asarray(samples[lo * frame : hi * frame], dtype=np.float64).reshape(hi - lo, frame)
+        energy[lo:hi] = (windows**2).mean(axis=1)
     return energy
 
 
-def pause_centres(samples: npt.NDArray[np.float32], frame: int, min_frames: int) -> list[int]:
+def pause_centres(samples: Samples, frame: int, min_frames: int) -> list[int]:
     """Sample index of the centre of every run of at least `min_frames` quiet windows (ends excluded)."""
     energy = frame_energy(samples, frame)
     if energy.size == 0:
@@ -240,7 +250,7 @@ def pause_centres(samples: npt.NDArray[np.float32], frame: int, min_frames: int)
     return centres
 
 
-def _quietest_point(samples: npt.NDArray[np.float32], lo: int, hi: int, frame: int) -> int:
+def _quietest_point(samples: Samples, lo: int, hi: int, frame: int) -> int:
     """Centre of the lowest-energy `frame`-long window within [lo, hi] (the latest one among equals)."""
     energy = frame_energy(samples[lo:hi], frame)
     if energy.size == 0:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from service.audio.spill import Samples
+
 RATE = 16000  # the model's sample rate
 WINDOW = 512  # samples per probability: 32 ms
 CONTEXT = 64  # each window is read with the 64 samples before it
@@ -43,9 +45,7 @@ class SileroVAD:
             raise ValueError(f"{path} is not the VAD graph export/vad.py writes: {names}")
         self.window = np.hanning(FRAME + 1)[:-1].astype(np.float32)  # periodic Hann, as in Silero's STFT basis
 
-    def probabilities(
-        self, samples: npt.NDArray[np.float32], stop: Callable[[], bool] = lambda: False
-    ) -> npt.NDArray[np.float32]:
+    def probabilities(self, samples: Samples, stop: Callable[[], bool] = lambda: False) -> npt.NDArray[np.float32]:
         """Speech probability of each 512-sample window of 16 kHz audio (the last one zero-padded)."""
         total = samples.shape[0]
         n = -(-total // WINDOW)
@@ -58,7 +58,7 @@ class SileroVAD:
             # the block's windows and the 64 samples before them: zeros before the start and after the end
             first = lo * WINDOW - CONTEXT
             block = np.zeros((hi - lo) * WINDOW + CONTEXT, np.float32)
-            held = samples[max(0, first) : min(total, hi * WINDOW)]
+            held = np.asarray(samples[max(0, first) : min(total, hi * WINDOW)])  # (read from disk when there)
             block[max(0, -first) : max(0, -first) + held.shape[0]] = held
             out[lo:hi], state = self.score(block, state)
         return out

@@ -6,7 +6,7 @@ dependency call; tests can give any object with these two methods."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import metrics
+from service.audio.spill import Samples
 from service.catalog import ServedModel
 from service.errors import NotReady
 
@@ -95,18 +96,23 @@ class Recognition:
     async def run(
         self,
         served: ServedModel,
-        items: list[npt.NDArray[np.float32]],
+        items: Sequence[Samples],
         method: str,
         progress: Callable[[int, int], None] | None = None,
+        then: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> list[Any]:
         """Every item through the model's batch queue `method`, at most `window` at a time; results in order.
-        `progress(done, total)` after each item's result (a job's status shows it)."""
+        An item on disk (long audio) is read when it is sent; `then(result)` (beam search of a segment's
+        log-probabilities) runs while the item still holds its place in the window: a request holds at most
+        `window` items' audio and raw results at once, however long it is. `progress(done, total)` after each
+        item is done (a job's status shows it)."""
         in_flight = metrics.SEGMENTS_IN_FLIGHT.labels(model=served.name)
 
-        async def call(batch: list[npt.NDArray[np.float32]]) -> list[Any]:
+        async def call(batch: Sequence[Samples]) -> list[Any]:
             in_flight.inc(len(batch))
             try:
-                return await self.client.call(method, batch)
+                arrays = [item if isinstance(item, np.ndarray) else np.asarray(item) for item in batch]
+                return await self.client.call(method, arrays)
             finally:
                 in_flight.dec(len(batch))
 
@@ -114,15 +120,19 @@ class Recognition:
             return []
         if len(items) <= self.window:
             results = await call(items)
+            if then is not None:
+                results = list(await asyncio.gather(*(then(r) for r in results)))
             if progress:
                 progress(len(items), len(items))
             return results
         window = asyncio.Semaphore(self.window)
         done = [0]
 
-        async def one(item: npt.NDArray[np.float32]) -> Any:
+        async def one(item: Samples) -> Any:
             async with window:
                 result = (await call([item]))[0]
+                if then is not None:
+                    result = await then(result)
             done[0] += 1
             if progress:
                 progress(done[0], len(items))

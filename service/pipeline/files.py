@@ -7,7 +7,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from service import metrics
-from service.audio.decode import Limits, decode
+from service.audio.decode import Decoded, Limits, Upload, decode
 from service.audio.segment import Segment, cut_by_speech, hear, split
+from service.audio.spill import Samples
 from service.audio.vad import SileroVAD
 from service.catalog import ServedModel, target_samples
 from service.errors import AudioTooShort, Overloaded, RecognizerUnavailable
@@ -41,6 +42,20 @@ class FileSettings:
     segment_target: str = "model"  # vad: how long segments of speech regions grow (ASR_SEGMENT_TARGET)
 
 
+def _close(data: Upload) -> None:
+    if not isinstance(data, bytes):
+        data.close()
+
+
+def _decode_and_close(data: Upload, rate: int, limits: Limits, stop: Callable[[], bool]) -> Decoded:
+    """The upload decoded, then its file closed by the thread that read it: a request that ends (timeout, client
+    gone) abandons this thread, which may still be reading."""
+    try:
+        return decode(data, rate, limits, stop)
+    finally:
+        _close(data)
+
+
 class FileTranscription:
     """Bytes of an audio file -> its transcript, with a model the policy chose."""
 
@@ -58,14 +73,18 @@ class FileTranscription:
 
     async def run(
         self,
-        data: bytes,
+        data: Upload,
         served: ServedModel,
         decoding: Decoding = GREEDY,
         progress: Callable[[int, int], None] | None = None,
     ) -> Transcript:
         """Decode, cut, recognise (batched, in that model's queue), assemble. `progress(segments done, segments)`
-        as the recognizer answers."""
-        await self.recognition.check_ready()
+        as the recognizer answers. An upload given as a file is closed here, once decoded."""
+        try:
+            await self.recognition.check_ready()
+        except BaseException:
+            _close(data)
+            raise
         manifest, rate = served.manifest, served.manifest.sample_rate
         started = time.monotonic()
         stop = threading.Event()
@@ -74,7 +93,7 @@ class FileTranscription:
             # abandon_on_cancel: a cancelled request (client gone, timeout) does not wait for its decoding or
             # its VAD, which stop at their next block
             decoded = await anyio.to_thread.run_sync(
-                decode, data, rate, self.limits, stop.is_set, abandon_on_cancel=True
+                _decode_and_close, data, rate, self.limits, stop.is_set, abandon_on_cancel=True
             )
             if decoded.samples.shape[0] < manifest.frame_shift_s * rate:
                 shift_ms = manifest.frame_shift_s * 1000
@@ -113,7 +132,7 @@ class FileTranscription:
                 hearing.cancel()
             raise
         if decoding.beam:
-            results: list[Any] = await self._beam_search(served, raw, decoding)
+            results: list[Any] = raw
         else:
             results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
             failed = next((r.error for r in results if r.error), "")
@@ -135,14 +154,24 @@ class FileTranscription:
     async def _recognize(
         self,
         served: ServedModel,
-        segments: list[npt.NDArray[np.float32]],
+        segments: list[Samples],
         decoding: Decoding,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
-        """Greedy results per segment, or (beam search) each segment's log-probabilities."""
+        """Greedy results per segment, or (beam search) each segment's text from its log-probabilities, searched
+        as they come (a long file's log-probabilities are never all held at once)."""
         method = served.logprobs_method if decoding.beam else served.method
+        then: Callable[[Any], Awaitable[Any]] | None = None
+        if decoding.beam:
+            width = self.settings.beam_width or served.manifest.decoder.beam_width
+
+            async def search(logprobs: npt.NDArray[np.float32]) -> BeamText:
+                return await self._beam_search(served, logprobs, decoding, width)
+
+            then = search
+
         try:
-            return await self.recognition.run(served, segments, method, progress)
+            return await self.recognition.run(served, segments, method, progress, then)
         except RecognizerGone as exc:
             log.warning("recognizer call failed: %r", exc)
             raise RecognizerUnavailable("the recognizer restarted while transcribing; retry shortly") from exc
@@ -150,19 +179,16 @@ class FileTranscription:
             raise Overloaded("the recognizer is overloaded; retry shortly") from exc
 
     async def _beam_search(
-        self, served: ServedModel, logprobs: list[npt.NDArray[np.float32]], decoding: Decoding
-    ) -> list[BeamText]:
-        """Each segment's log-probabilities through beam search, in the decoding processes."""
+        self, served: ServedModel, logprobs: npt.NDArray[np.float32], decoding: Decoding, width: int
+    ) -> BeamText:
+        """One segment's log-probabilities through beam search, in the decoding processes."""
         columns = len(served.manifest.vocabulary) + 1
-        if any(lp.ndim != 2 or lp.shape[0] == 0 or lp.shape[1] != columns for lp in logprobs):
+        if logprobs.ndim != 2 or logprobs.shape[0] == 0 or logprobs.shape[1] != columns:
             raise RecognizerUnavailable("the model could not run; the server log has the details; retry shortly")
         from concurrent.futures.process import BrokenProcessPool
 
-        width = self.settings.beam_width or served.manifest.decoder.beam_width
         try:
-            return list(
-                await asyncio.gather(*(self.beams.decode(served.name, lp, width, decoding.hotwords) for lp in logprobs))
-            )
+            return await self.beams.decode(served.name, logprobs, width, decoding.hotwords)
         except BrokenProcessPool as exc:
             log.error("a beam search process died: %r", exc)
             raise RecognizerUnavailable("beam search failed (its process died); retry shortly") from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from service.errors import BadRequest, JobNotFound, RecognizerUnavailable, TooManyJobs
 
@@ -31,6 +32,7 @@ FINISHED = (COMPLETED, FAILED, CANCELED)
 BENTOML_STATUS = {QUEUED: "in_progress", RUNNING: "in_progress", COMPLETED: "completed", FAILED: "failed"}
 MAX_ATTEMPTS = 2  # a job whose runner vanished is run once more, then failed
 OPEN_WAIT_S = 30.0  # how long opening the store waits for other processes opening it
+COPY_BYTES = 1024 * 1024  # an upload is copied to the job's folder in pieces of this size
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -170,13 +172,19 @@ class JobStore:
             progress=None if row["segments_total"] is None else (row["segments_done"], row["segments_total"]),
         )
 
-    def submit(self, fields: dict[str, Any], upload: bytes, owner: str = "") -> Job:
-        """Queue a job: its upload written to disk first (a job is never queued without it), TooManyJobs when
-        ASR_JOBS_MAX jobs are queued or running."""
+    def submit(self, fields: dict[str, Any], upload: bytes | BinaryIO, owner: str = "") -> Job:
+        """Queue a job: its upload (bytes, or a file copied from its start) written to disk first (a job is never
+        queued without it), TooManyJobs when ASR_JOBS_MAX jobs are queued or running."""
         job_id = secrets.token_hex(16)
         path = self.upload_path(job_id)
         partial = path.with_suffix(".part")
-        partial.write_bytes(upload)
+        with partial.open("wb") as out:
+            if isinstance(upload, bytes):
+                out.write(upload)
+            else:
+                upload.seek(0)
+                shutil.copyfileobj(upload, out, COPY_BYTES)
+            size = out.tell()
         partial.replace(path)
         try:
             with self._db() as db:
@@ -185,7 +193,7 @@ class JobStore:
                     raise TooManyJobs(f"{waiting} jobs are queued or running, the most this server keeps")
                 db.execute(
                     "INSERT INTO jobs (id, owner, state, fields, upload_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, owner, QUEUED, json.dumps(fields), len(upload), time.time()),
+                    (job_id, owner, QUEUED, json.dumps(fields), size, time.time()),
                 )
         except BaseException:
             path.unlink(missing_ok=True)
