@@ -152,3 +152,23 @@ def test_a_request_holds_at_most_a_window_of_segments(beam: bool) -> None:
     results = asyncio.run(go())
     assert results == ([f"text {i * 160:g}" for i in range(300)] if beam else [float(i * 160) for i in range(300)])
     assert peak[0] == recognition.window == 4
+
+
+def test_a_full_disk_refuses_for_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded audio that cannot be written to disk is 503 `overloaded` (retry later), not a crash."""
+    import errno
+    import tempfile
+
+    from service.audio.decode import Limits, decode
+    from service.errors import Overloaded
+    from tests.audio_files import encode
+
+    class Full:
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda: Full())
+    with pytest.raises(Overloaded, match="disk"):
+        sink_of([np.zeros(5000, np.float32)], 0, 1024)
+    with pytest.raises(Overloaded, match="disk"):
+        decode(encode(np.zeros(9 * 60 * 16000, np.float32), 16000), 16000, Limits())

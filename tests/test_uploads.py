@@ -5,7 +5,9 @@ with the upload."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import json
 import tempfile
 import tracemalloc
 from typing import Any
@@ -26,9 +28,10 @@ def multipart(field: str, payload: bytes) -> tuple[bytes, str]:
     return request.read(), request.headers["content-type"]
 
 
-def through_the_guard(body: bytes, content_type: str) -> tuple[dict[str, Any], int]:
+def through_the_guard(body: bytes, content_type: str, status: int = 200) -> tuple[dict[str, Any], int]:
     """POST /transcribe of `body` through a RequestGuard whose door reads what upload_data hands it (in 1-MB
-    pieces): what it got, and tracemalloc's peak while the guard received, parsed and answered."""
+    pieces): what it got (or the error body), and tracemalloc's peak while the guard received, parsed and
+    answered."""
     from starlette.responses import JSONResponse
 
     seen: dict[str, Any] = {}
@@ -72,7 +75,9 @@ def through_the_guard(body: bytes, content_type: str) -> tuple[dict[str, Any], i
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert sent[0]["status"] == 200, sent
+    assert sent[0]["status"] == status, sent
+    if status != 200:
+        seen.update(json.loads(sent[1]["body"]), headers=dict(sent[0]["headers"]))
     return seen, peak
 
 
@@ -127,3 +132,29 @@ def test_the_form_is_read_from_a_file_in_pieces() -> None:
     with tempfile.SpooledTemporaryFile() as spool:
         spool.write(body)  # left at its end, as the guard leaves it
         assert asyncio.run(parse()) == payload
+
+
+def test_a_full_disk_is_a_503_not_a_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the temporary disk is full (the body's spool, or the parser's spool of the upload), the answer is
+    503 `overloaded` with Retry-After, saying so: not the client's fault (400), not a crash (500)."""
+    from starlette.formparsers import MultiPartParser
+
+    write = tempfile.SpooledTemporaryFile.write
+
+    def full_once_rolled(self: Any, data: Any) -> int:
+        if getattr(self, "_rolled", False):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, data)
+
+    body, content_type = multipart("audio", np.random.default_rng(2).bytes(20 * MB))
+    with monkeypatch.context() as m:
+        m.setattr(tempfile.SpooledTemporaryFile, "write", full_once_rolled)
+        seen, _ = through_the_guard(body, content_type, 503)
+    assert seen["error"] == "overloaded" and "disk" in seen["message"] and b"retry-after" in seen["headers"]
+
+    async def full(self: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(MultiPartParser, "parse", full)
+    seen, _ = through_the_guard(*multipart("audio", b"RIFF" * 10), 503)
+    assert seen["error"] == "overloaded" and "disk" in seen["message"]

@@ -15,6 +15,7 @@ from service.api.replies import Scope
 
 SPOOL_BYTES = 8 * 1024 * 1024
 READ_BYTES = 1024 * 1024  # the body is fed to the parser in pieces of this size
+NO_ROOM = "the server's temporary disk has no room for this upload now; retry later"
 
 # A door that answers from the parsed form: (the request's scope, the form) -> a Starlette response.
 FormHandler = Callable[[Scope, Any], Awaitable[Any]]
@@ -51,6 +52,8 @@ async def check_form(scope: Scope, body: IO[bytes], content_type: str, route: Fo
     parser.spool_max_size = SPOOL_BYTES
     try:
         form = await parser.parse()
+    except OSError:
+        raise  # the disk, not the form: the guard answers 503
     except Exception:
         return "the multipart body could not be parsed (are a part's headers or file name too long?)", None, None
     problem, param = "", None

@@ -29,7 +29,7 @@ import anyio
 
 from service import metrics
 from service.api.disconnect import run_watching
-from service.api.forms import SPOOL_BYTES, FormHandler, FormRoute, check_form
+from service.api.forms import NO_ROOM, SPOOL_BYTES, FormHandler, FormRoute, check_form
 from service.api.keys import SUBPROTOCOL, KeyStore
 from service.api.replies import (
     BENTOML_INTERNAL,
@@ -43,6 +43,7 @@ from service.api.replies import (
     send_json,
 )
 from service.api.requestlog import RequestRecord
+from service.errors import Overloaded
 from service.pipeline.client import Readiness
 
 
@@ -221,7 +222,11 @@ class RequestGuard:
                 if size > max_body:
                     await self._too_large(send, route.style, max_body)
                     return
-                body.write(piece)
+                try:
+                    body.write(piece)
+                except OSError:
+                    await self._no_room(send, route.style)
+                    return
                 if not message.get("more_body", False):
                     break
             if headers.get("content-type", "").lower().startswith(BENTOML_INTERNAL):
@@ -232,7 +237,11 @@ class RequestGuard:
                 body.close()
                 await run_watching(self.app, scope, receive, send, payload)
                 return
-            problem, param, form = await check_form(scope, body, headers.get("content-type", ""), route)
+            try:
+                problem, param, form = await check_form(scope, body, headers.get("content-type", ""), route)
+            except OSError:  # the parser's own spool of a large upload
+                await self._no_room(send, route.style)
+                return
         finally:
             body.close()
         if problem or form is None:
@@ -242,6 +251,10 @@ class RequestGuard:
             await run_watching(_answering(route.handler, form), scope, receive, send, b"")
         finally:
             await form.close()
+
+    async def _no_room(self, send: Send, style: str) -> None:
+        """A large upload waits in a temporary file: where the disk is full, the server is, for now (503)."""
+        await send_json(send, 503, error_body(style, 503, Overloaded.code, NO_ROOM), {"retry-after": "5"})
 
     async def _too_large(self, send: Send, style: str, max_body: int) -> None:
         limit_mb = max_body / (1024 * 1024)

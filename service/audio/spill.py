@@ -15,8 +15,11 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from service.errors import Overloaded
+
 SPILL_BYTES = 32 * 1024 * 1024  # 8.7 minutes at 16 kHz; a segment (30 s) is 1.9 MB
 ITEM = 4  # bytes per float32 sample
+NO_ROOM = "the server's temporary disk has no room for this audio now; retry later"
 
 
 class DiskSamples:
@@ -78,15 +81,21 @@ class SampleSink:
             self.out = np.empty(expected, np.float32)
 
     def _to_disk(self) -> None:
-        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (DiskSamples views hold it; closed with the last)
-        self.file.write(self.out[: self.used].data.cast("B"))
+        try:
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 (DiskSamples views hold it; closed with the last)
+            self.file.write(self.out[: self.used].data.cast("B"))
+        except OSError as exc:
+            raise Overloaded(NO_ROOM) from exc
         self.out = np.empty(0, np.float32)
 
     def put(self, piece: npt.NDArray[np.float32]) -> None:
         if self.file is None and (self.used + piece.shape[0]) * ITEM > self.spill_bytes:
             self._to_disk()
         if self.file is not None:
-            self.file.write(np.ascontiguousarray(piece, np.float32).data.cast("B"))
+            try:
+                self.file.write(np.ascontiguousarray(piece, np.float32).data.cast("B"))
+            except OSError as exc:
+                raise Overloaded(NO_ROOM) from exc
         else:
             if self.used + piece.shape[0] > self.out.shape[0]:  # the header's length was short or unknown: grow
                 grown = np.empty(max(self.out.shape[0] * 2, self.used + piece.shape[0]), np.float32)
@@ -98,7 +107,10 @@ class SampleSink:
     def samples(self) -> Samples:
         """The output: in memory (the slack of a grown array let go), or on disk."""
         if self.file is not None:
-            self.file.flush()
+            try:
+                self.file.flush()
+            except OSError as exc:
+                raise Overloaded(NO_ROOM) from exc
             return DiskSamples(self.file, 0, self.used)
         out = self.out
         return out[: self.used] if out.shape[0] - self.used <= max(1024, self.used // 64) else out[: self.used].copy()
