@@ -16,7 +16,7 @@ from service.audio.segment import Segment
 from service.manifest import TokenizerSpec
 from service.recognition.recognizer import SegmentResult
 from service.recognition.tokens import Detokenizer
-from service.recognition.transcript import assemble
+from service.recognition.transcript import SegmentText, TimedWord, Transcript, assemble
 
 VOCAB = ["▁नमस्ते", "▁आप", "▁कैसे", "▁हैं", "जी", "▁भारत", "।", "▁देश"]
 DETOK = Detokenizer(VOCAB, TokenizerSpec(kind="sentencepiece", punctuation=["।"]))
@@ -111,3 +111,47 @@ def test_one_duration_everywhere() -> None:
     assert t.duration_s == t.segments[-1].end == 5.453
     assert openai_verbose(t, "hindi", True, True)["duration"] == 5.453
     assert openai_verbose(t, "hindi", True, True)["segments"][-1]["end"] == 5.453
+
+
+times = st.floats(0, 20_000, allow_nan=False, allow_infinity=False)
+timed_words = st.builds(
+    lambda w, a, b, c: TimedWord(w, min(a, b), max(a, b), c),
+    st.text(min_size=1, max_size=12),
+    times,
+    times,
+    st.floats(0, 1) | st.integers(0, 1),
+)
+segment_texts = st.builds(
+    lambda a, b, text, words, nsp: SegmentText(min(a, b), max(a, b), text, words, [], 0.0, nsp),
+    times,
+    times,
+    st.text(max_size=30),
+    st.lists(timed_words, max_size=6),
+    st.none() | st.floats(0, 1) | st.just(1),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(segment_texts, max_size=6),
+    st.floats(0, 20_000, allow_nan=False) | st.integers(0, 20_000),
+    st.none() | st.floats(0, 20_000, allow_nan=False) | st.integers(0, 5),
+    st.booleans(),
+)
+def test_the_json_answer_is_the_api_types_to_the_byte(
+    segments: list[SegmentText], duration: float, speech: float | None, timestamps: bool
+) -> None:
+    """/transcribe's JSON is built without a model object per word (a long answer's copies); it must be what the
+    API's type gives, byte for byte as Starlette encodes it: field order, words and speech_s left out when not
+    there, ints turned floats as pydantic turns them."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from starlette.responses import JSONResponse
+
+    from service.api.transcribe import transcription, transcription_json
+
+    transcript = Transcript(" ".join(s.text for s in segments), duration, segments, speech)
+    served: Any = SimpleNamespace(tag="m:v1", language="hi")
+    typed = JSONResponse(transcription(transcript, served, timestamps).model_dump(mode="json")).body
+    assert JSONResponse(transcription_json(transcript, served, timestamps)).body == typed
