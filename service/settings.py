@@ -126,8 +126,8 @@ class Settings:
     jobs_max: int = 100
     job_ttl_s: float = 86400.0
     jobs_running: int = 1
-    # Jobs' own limits, apart from the interactive ones: upload MB (held in memory while it arrives, then on
-    # disk), audio seconds (4 h), decoded MB at the upload's own rate.
+    # Jobs' own limits, apart from the interactive ones: upload MB (over 8 MB it waits on disk as it arrives),
+    # audio seconds (4 h), decoded MB at the upload's own rate.
     job_max_upload_mb: float = 512.0
     job_max_duration_s: float = 14400.0
     job_max_decoded_mb: float = 5600.0
