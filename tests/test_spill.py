@@ -10,6 +10,7 @@ import pytest
 from service.audio.segment import Segment, frame_energy, split, split_speech
 from service.audio.spill import DiskSamples, SampleSink
 from service.audio.vad import SileroVAD
+from tests import speech
 
 
 def sink_of(pieces: list[np.ndarray], expected: int, spill_bytes: int) -> SampleSink:
@@ -71,11 +72,10 @@ def test_threads_read_their_own_stretches() -> None:
     assert wrong == []
 
 
+@pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")
 def test_cutting_audio_on_disk_is_cutting_it_in_memory() -> None:
     """The energy cutter, the VAD and the VAD's cutter give the same segments (start, samples) from the disk as
     from memory; frame_energy, now a block at a time, equals the whole-array mean square to the bit."""
-    from tests import speech
-
     audio, _ = speech.joined(speech.SENTENCES * 6, pause_s=0.7)
     audio = np.concatenate([audio, 0.2 * np.random.default_rng(2).standard_normal(40 * 16000).astype(np.float32)])
     disk = sink_of([audio], 0, 1024).samples()
