@@ -179,3 +179,40 @@ def test_entry_processes_starting_together_all_open_the_store() -> None:
     while not errors.empty():
         met.append(errors.get())
     assert not met, met
+
+
+def test_a_full_disk_refuses_a_submit_for_now(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job folder whose disk is full (the upload's copy, or SQLite's "database or disk is full") is 503
+    `overloaded` at submit, with nothing left behind: not a 500. A submit from a file copies it from its start."""
+    import errno
+    import io
+    import shutil
+    import sqlite3
+
+    from service.errors import Overloaded
+
+    s = store(tmp_path / "jobs")
+    upload = io.BytesIO(b"RIFF" + bytes(5000))
+    upload.seek(123)  # where the form's file was left
+    job = s.submit({}, upload)
+    assert s.upload_path(job.id).read_bytes() == upload.getvalue() and job.upload_bytes == 5004
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = sorted(p.name for p in (tmp_path / "jobs").rglob("*"))
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copyfileobj", full)
+        with pytest.raises(Overloaded, match="no room"):
+            s.submit({}, upload)
+    real = JobStore._db
+
+    def full_db(self: JobStore) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as m:
+        m.setattr(JobStore, "_db", full_db)
+        with pytest.raises(Overloaded, match="disk is full"):
+            s.submit({}, b"RIFF")
+    assert JobStore._db is real
+    assert sorted(p.name for p in (tmp_path / "jobs").rglob("*")) == before  # no upload left without its job

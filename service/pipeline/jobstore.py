@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from service.errors import BadRequest, JobNotFound, RecognizerUnavailable, TooManyJobs
+from service.errors import BadRequest, JobNotFound, Overloaded, RecognizerUnavailable, TooManyJobs
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELED = "queued", "running", "completed", "failed", "canceled"
 FINISHED = (COMPLETED, FAILED, CANCELED)
@@ -178,13 +178,17 @@ class JobStore:
         job_id = secrets.token_hex(16)
         path = self.upload_path(job_id)
         partial = path.with_suffix(".part")
-        with partial.open("wb") as out:
-            if isinstance(upload, bytes):
-                out.write(upload)
-            else:
-                upload.seek(0)
-                shutil.copyfileobj(upload, out, COPY_BYTES)
-            size = out.tell()
+        try:
+            with partial.open("wb") as out:
+                if isinstance(upload, bytes):
+                    out.write(upload)
+                else:
+                    upload.seek(0)
+                    shutil.copyfileobj(upload, out, COPY_BYTES)
+                size = out.tell()
+        except OSError as exc:  # the job folder's disk is full (or gone): the server's trouble, for now
+            partial.unlink(missing_ok=True)
+            raise Overloaded(f"the job folder has no room for this upload now ({exc.strerror}); retry later") from exc
         partial.replace(path)
         try:
             with self._db() as db:
@@ -195,6 +199,9 @@ class JobStore:
                     "INSERT INTO jobs (id, owner, state, fields, upload_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (job_id, owner, QUEUED, json.dumps(fields), size, time.time()),
                 )
+        except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
+            path.unlink(missing_ok=True)
+            raise Overloaded(f"the job store cannot take a job now ({exc}); retry later") from exc
         except BaseException:
             path.unlink(missing_ok=True)
             raise
