@@ -27,17 +27,25 @@ from tests.audio_files import encode  # noqa: E402
 from tests.server import Server  # noqa: E402
 
 
+def role(process: psutil.Process) -> str:
+    """entry, recognizer or the arbiter/watcher processes of `bentoml serve` ("other")."""
+    command = " ".join(process.cmdline())
+    if "_bentoml_impl.worker" not in command:
+        return "other"
+    return "recognizer" if "asr_recognizer" in command else "entry"
+
+
 def rss_mb(server: Server) -> dict[str, float]:
     """RSS (MB) of the recognizer worker, the entry worker and every server process together."""
     usage = {"recognizer": 0.0, "entry": 0.0, "total": 0.0}
     for p in server.processes():
         try:
-            rss, command = p.memory_info().rss / 2**20, " ".join(p.cmdline())
+            rss, name = p.memory_info().rss / 2**20, role(p)
         except psutil.NoSuchProcess:
             continue
         usage["total"] += rss
-        if "_bentoml_impl.worker" in command:
-            usage["recognizer" if "asr_recognizer" in command else "entry"] += rss
+        if name != "other":
+            usage[name] += rss
     return usage
 
 

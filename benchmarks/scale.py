@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.long_audio import long_file  # noqa: E402
+from benchmarks.models_memory import role  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
 from export.variants import cpu_name  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
@@ -56,14 +57,6 @@ PLOT = ROOT / "docs" / "scale.png"
 MB = 2**20
 
 
-def role(process: psutil.Process) -> str:
-    """entry, recognizer or the arbiter/watcher processes of `bentoml serve` ("other")."""
-    command = " ".join(process.cmdline())
-    if "_bentoml_impl.worker" not in command:
-        return "other"
-    return "recognizer" if "asr_recognizer" in command else "entry"
-
-
 @dataclass
 class Peak:
     """The highest RSS each role reached (its processes summed) and all processes together, sampled."""
@@ -72,27 +65,32 @@ class Peak:
     peak: dict[str, float] = field(default_factory=dict)
 
 
+def rss_by_role(processes: list[tuple[psutil.Process, str]]) -> dict[str, float]:
+    """RSS (MB) of the server's processes by role (models_memory.role), and of all of them."""
+    usage: dict[str, float] = {"entry": 0.0, "recognizer": 0.0, "other": 0.0}
+    for p, name in processes:
+        try:
+            usage[name] += p.memory_info().rss / MB
+        except psutil.NoSuchProcess:
+            continue
+    usage["all"] = sum(usage.values())
+    return usage
+
+
+def with_roles(server: Server) -> list[tuple[psutil.Process, str]]:
+    return [(p, role(p)) for p in server.processes()]
+
+
 @contextmanager
 def peak_rss(server: Server, every_s: float = 0.02) -> Iterator[Peak]:
-    processes = [(p, role(p)) for p in server.processes()]
-
-    def sample() -> dict[str, float]:
-        usage: dict[str, float] = {"entry": 0.0, "recognizer": 0.0, "other": 0.0}
-        for p, name in processes:
-            try:
-                usage[name] += p.memory_info().rss / MB
-            except psutil.NoSuchProcess:
-                continue
-        usage["all"] = sum(usage.values())
-        return usage
-
-    found = Peak(idle=sample())
+    processes = with_roles(server)
+    found = Peak(idle=rss_by_role(processes))
     found.peak = dict(found.idle)
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
-            for k, v in sample().items():
+            for k, v in rss_by_role(processes).items():
                 found.peak[k] = max(found.peak[k], v)
             done.wait(every_s)
 
@@ -209,17 +207,15 @@ def models(home: Path, tags: list[str], base: np.ndarray, counts: list[int], log
         env = {"BENTOML_HOME": str(home), "ASR_MODELS": ",".join(tags[:n]), "ASR_DEVICE": "cpu"}
         with Server(env, log_dir / f"models-{n}.log") as server:
             time.sleep(2.0)
-            with peak_rss(server) as ready:
-                pass
+            ready = rss_by_role(with_roles(server))
             with httpx.Client(timeout=300) as client:
                 for tag in tags[:n]:
                     for _ in range(4):
                         files = {"audio": ("a.wav", ten, "audio/wav")}
                         client.post(server.url + "/transcribe", files=files, data={"model": tag}).raise_for_status()
-            with peak_rss(server) as loaded:
-                pass
-        rows.append({"models": n, "ready": ready.idle, "loaded": loaded.idle})
-        print(f"{n} model(s): ready {ready.idle}, after requests {loaded.idle}", flush=True)
+            loaded = rss_by_role(with_roles(server))
+        rows.append({"models": n, "ready": ready, "loaded": loaded})
+        print(f"{n} model(s): ready {ready}, after requests {loaded}", flush=True)
     return rows
 
 
@@ -229,7 +225,7 @@ def models(home: Path, tags: list[str], base: np.ndarray, counts: list[int], log
 def streams(home: Path, tag: str, counts: list[int], log_dir: Path) -> list[dict[str, Any]]:
     import bentoml
 
-    from benchmarks.streaming import load
+    from benchmarks.streaming import load, load_stats
     from service.manifest import Manifest
 
     model_dir = Path(bentoml.models.get(tag).path)
@@ -241,29 +237,18 @@ def streams(home: Path, tag: str, counts: list[int], log_dir: Path) -> list[dict
         "ASR_REALTIME_SESSIONS": str(max(counts) + 4),
     }
     rows = []
+    chunk = manifest.streaming.chunk_s if manifest.streaming else 0.0
     with Server(env, log_dir / "streams.log") as server:
         load(server.url, model_dir, manifest, [1])  # warm-up
-        for n in counts:
-            before = cpu_seconds(server)
-            (line,) = load(server.url, model_dir, manifest, [n], seconds=24.0)
+        before = cpu_seconds(server)
+        for stats in load_stats(server.url, model_dir, manifest, counts, seconds=24.0):
+            n = stats["streams"]
             spent = cpu_seconds(server) - before
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            rows.append(
-                {
-                    "streams": n,
-                    "p50": float(cells[1]),
-                    "p95": float(cells[2]),
-                    "final_p50": float(cells[4]),
-                    "final_max": float(cells[5]),
-                    "same_text": cells[6],
-                    "cpu_per_stream": spent / (n * 24.0),
-                    "chunk_s": manifest.streaming.chunk_s if manifest.streaming else 0.0,
-                }
-            )
+            rows.append({**stats, "cpu_per_stream": spent / (n * 24.0), "chunk_s": chunk})
             print(
-                f"{n} stream(s): {line}; CPU {spent:.1f} s ({spent / (n * 24.0):.1%} of a core per stream)",
-                flush=True,
+                f"{n} stream(s): {stats}; CPU {spent:.1f} s ({spent / (n * 24.0):.1%} of a core per stream)", flush=True
             )
+            before = cpu_seconds(server)
     return rows
 
 
@@ -384,7 +369,8 @@ def report(req: list[dict[str, Any]], mod: list[dict[str, Any]], live: list[dict
         for r in live:
             lines.append(
                 f"| {r['streams']} | {r['p50']:.2f} | {r['p95']:.2f} | {'yes' if r['p95'] <= chunk + 0.5 else 'no'} "
-                f"| {r['final_p50']:.2f} | {r['final_max']:.2f} | {r['same_text']} | {100 * r['cpu_per_stream']:.1f} |"
+                f"| {r['final_p50']:.2f} | {r['final_max']:.2f} | {'yes' if r['text_ok'] else 'NO'} | "
+                f"{100 * r['cpu_per_stream']:.1f} |"
             )
         lines.append("")
     return lines

@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +152,14 @@ async def one_stream(url: str, audio: Audio, start: float, lengths: list[int], c
     return {"latencies": latencies, "final": done["at"] - committed, "text_ok": len(done["transcript"]) == lengths[-1]}
 
 
-def load(url: str, model_dir: Path, manifest: Any, counts: list[int], seconds: float = 24.0) -> list[str]:
-    """One table row per stream count: each stream `seconds` of speech at real-time pace (benchmarks/gpu_check.py
-    runs this too)."""
+def load_stats(
+    url: str, model_dir: Path, manifest: Any, counts: list[int], seconds: float = 24.0
+) -> Iterator[dict[str, Any]]:
+    """Per stream count, as its run ends: each stream `seconds` of speech at real-time pace; partial latencies'
+    p50 and p95, the final transcripts' p50 and max (s), and whether every completed text is the replayed one."""
     audio = heard(speech.joined(speech.SENTENCES * 3, pause_s=0.4)[0][: int(seconds * RATE)])
     lengths, completes = chunk_texts(model_dir, manifest, audio)
     chunk = manifest.streaming.chunk_s
-    rows = []
     for n in counts:
 
         async def run(n: int = n) -> list[dict[str, Any]]:
@@ -168,11 +170,24 @@ def load(url: str, model_dir: Path, manifest: Any, counts: list[int], seconds: f
         results = asyncio.run(run())
         partial = [x for r in results for x in r["latencies"]]
         final = [r["final"] for r in results]
-        ok = all(r["text_ok"] for r in results)
-        p50, p95 = statistics.median(partial), percentile(partial, 0.95)
+        yield {
+            "streams": n,
+            "p50": statistics.median(partial),
+            "p95": percentile(partial, 0.95),
+            "final_p50": statistics.median(final),
+            "final_max": max(final),
+            "text_ok": all(r["text_ok"] for r in results),
+        }
+
+
+def load(url: str, model_dir: Path, manifest: Any, counts: list[int], seconds: float = 24.0) -> list[str]:
+    """One table row per stream count (load_stats; benchmarks/gpu_check.py runs this too)."""
+    chunk = manifest.streaming.chunk_s
+    rows = []
+    for r in load_stats(url, model_dir, manifest, counts, seconds):
         rows.append(
-            f"| {n} | {p50:.2f} | {p95:.2f} | {'yes' if p95 <= chunk + 0.5 else 'no'} | "
-            f"{statistics.median(final):.2f} | {max(final):.2f} | {'yes' if ok else 'NO'} |"
+            f"| {r['streams']} | {r['p50']:.2f} | {r['p95']:.2f} | {'yes' if r['p95'] <= chunk + 0.5 else 'no'} | "
+            f"{r['final_p50']:.2f} | {r['final_max']:.2f} | {'yes' if r['text_ok'] else 'NO'} |"
         )
         print(rows[-1], file=sys.stderr, flush=True)
     return rows

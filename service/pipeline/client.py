@@ -111,8 +111,7 @@ class Recognition:
         async def call(batch: Sequence[Samples]) -> list[Any]:
             in_flight.inc(len(batch))
             try:
-                arrays = [item if isinstance(item, np.ndarray) else np.asarray(item) for item in batch]
-                return await self.client.call(method, arrays)
+                return await self.client.call(method, [np.asarray(item) for item in batch])  # (no copy in memory)
             finally:
                 in_flight.dec(len(batch))
 
