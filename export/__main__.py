@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-streaming", action="store_true", help="no streaming graphs (the store entry is then half the size)"
     )
+    parser.add_argument(
+        "--no-itn", action="store_true", help="no written-form (ITN) grammars, even where the language has them"
+    )
     parser.add_argument("--verbose", action="store_true", help="show NeMo's own logging")
     return parser.parse_args(argv)
 
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             decoder=DecoderOptions(args.lm, args.lm_alpha, args.lm_beta, args.beam_width, args.lm_note),
             streaming=not args.no_streaming,
             train_max_s=args.train_max_s,
+            itn=not args.no_itn,
         )
         _manifest, tag, out_dir = run(loaded, options)
     except (

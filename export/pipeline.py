@@ -53,6 +53,7 @@ class Options:
     decoder: DecoderOptions | None = None  # beam search defaults and an n-gram LM to pack with the model
     streaming: bool = True  # the streaming graphs (export/streaming.py), verified against NeMo
     train_max_s: float | None = None  # the longest training utterance, where the model does not say it
+    itn: bool = True  # the written form's grammars for the model's language, where nemo_text_processing has them
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,10 @@ def _run(
     manifest = _with_streaming(model, manifest, out_dir, sample_rate, clips, options.streaming)
     if options.decoder is not None:
         manifest = manifest.model_copy(update={"decoder": pack_decoder(options.decoder, vocab, out_dir)})
+    if options.itn:
+        from export.itn import pack_itn
+
+        manifest = manifest.model_copy(update={"itn": pack_itn(manifest.language, out_dir)})
     manifest.write(out_dir)
     tag = None
     if options.register:

@@ -67,7 +67,8 @@ def headline(manifest: Manifest) -> tuple[dict[str, str], dict[str, object]]:
 
 
 def register(name: str, directory: Path, manifest: Manifest) -> str:
-    """Copy the graph files, the n-gram LM if any and the manifest into a new store version; return its tag."""
+    """Copy the graph files, the n-gram LM and the ITN grammars if any, and the manifest into a new store
+    version; return its tag."""
     import bentoml
 
     labels, metadata = headline(manifest)
@@ -76,6 +77,8 @@ def register(name: str, directory: Path, manifest: Manifest) -> str:
         files.append(manifest.decoder.lm_file)
     if manifest.streaming is not None:
         files += [manifest.streaming.frontend_file, manifest.streaming.encoder_file]
+    if manifest.itn is not None:
+        files += [manifest.itn.tagger_file, manifest.itn.verbalizer_file]
     with bentoml.models.create(name, labels=labels, metadata=metadata) as entry:
         target = Path(entry.path)
         for file in files:

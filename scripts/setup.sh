@@ -44,5 +44,8 @@ bentoml_wanted="bentoml>=1.4.39,<1.5"
 # pyctcdecode 0.5.0, the beam search decoder ours replaced, as the tests' reference (tests/test_prefix_search.py)
 # only: it declares numpy<2 (it runs on NumPy 2), so without --no-deps pip would downgrade NumPy under the rest.
 .venv/bin/python -m pip install -q --no-deps "pyctcdecode==0.5.0" pygtrie 2>&1 | grep -v "dependency resolver\|requires numpy" || true
+# nemo_text_processing compiles the written form's (ITN) grammars at export; --no-deps for the reasons in
+# pyproject.toml's `export` extra (which installs what it imports).
+.venv/bin/python -m pip install -q --no-deps "nemo_text_processing==1.2.0"
 echo "$stamp" > .venv/.setup-stamp
 echo "setup: ready (.venv)" >&2

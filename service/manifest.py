@@ -137,6 +137,17 @@ class TrainingSpec(_Frozen):
         return self.median_s or self.max_s
 
 
+class ItnSpec(_Frozen):
+    """Inverse text normalisation (spoken -> written form: numbers, dates, money, times) for the model's
+    language: the grammars of NeMo's nemo_text_processing, compiled at export into two OpenFst files beside the
+    graph (service/recognition/written.py applies them; no grammar compiles when the service runs)."""
+
+    language: str  # the grammars' language (nemo_text_processing's code)
+    tagger_file: str  # spoken text (UTF-8 bytes) -> tokens { ... } (the grammars' tokenize_and_classify)
+    verbalizer_file: str  # one serialised token -> its written form (the grammars' verbalize_final)
+    source: str  # which package and version the grammars came from
+
+
 class Manifest(_Frozen):
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -162,6 +173,7 @@ class Manifest(_Frozen):
     decoder: DecoderSpec = Field(default_factory=DecoderSpec)
     streaming: StreamingSpec | None = None  # absent: the export made no streaming graphs (older exports)
     training: TrainingSpec | None = None  # absent: unknown (random weights, older exports)
+    itn: ItnSpec | None = None  # absent: no written form for this model (no grammars for its language)
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_FILE
