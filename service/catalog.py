@@ -32,18 +32,29 @@ class ServedModel:
     segment_samples: int  # longest piece of audio sent to the model at once
     detok: Detokenizer
     created: int = 0  # when the store entry was made, in Unix seconds (OpenAI's `created`)
+    directory: Path | None = None  # the store entry (its ITN grammars are read from there)
 
     @classmethod
-    def build(cls, tag: str, manifest: Manifest, method: str, segment_s: float, created: int = 0) -> ServedModel:
+    def build(
+        cls,
+        tag: str,
+        manifest: Manifest,
+        method: str,
+        segment_s: float,
+        created: int = 0,
+        directory: Path | None = None,
+    ) -> ServedModel:
         detok = Detokenizer(manifest.vocabulary, manifest.tokenizer)
-        return cls(tag.split(":")[0], tag, manifest, method, segment_samples(manifest, segment_s), detok, created)
+        samples = segment_samples(manifest, segment_s)
+        return cls(tag.split(":")[0], tag, manifest, method, samples, detok, created, directory)
 
     @classmethod
     def from_store(cls, entry: Any, method: str, segment_s: float) -> ServedModel:
         """A model store entry (a bentoml.Model: tag, directory, creation time) -> the served model."""
         when = getattr(getattr(entry, "info", None), "creation_time", None)
         created = int(when.timestamp()) if when is not None else 0
-        return cls.build(str(entry.tag), Manifest.read(Path(entry.path)), method, segment_s, created)
+        directory = Path(entry.path)
+        return cls.build(str(entry.tag), Manifest.read(directory), method, segment_s, created, directory)
 
     @property
     def logprobs_method(self) -> str:
@@ -69,6 +80,7 @@ class ServedModel:
             "created": self.created,
         }
         described["streaming"] = m.streaming is not None  # ws /v1/realtime can transcribe with it
+        described["itn"] = m.itn is not None  # `itn=true` gives the written form
         if m.demo_notice:  # a demonstration model says so wherever models are listed
             described.update(demo=True, notice=m.demo_notice)
         return described

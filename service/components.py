@@ -24,7 +24,7 @@ from service.manifest import Manifest
 from service.pipeline.client import Readiness, Recognition, RecognizerClient
 from service.pipeline.files import FileSettings, FileTranscription
 from service.pipeline.jobstore import JobStore
-from service.pipeline.policy import DecodingRules, Policy
+from service.pipeline.policy import DecodingRules, Policy, WritingRules
 from service.pipeline.streams import StreamSettings, StreamTranscription
 from service.pipeline.threads import CpuThreads
 from service.recognition.beam import beam_pool
@@ -136,7 +136,9 @@ def entry_parts(
     job_files = FileTranscription(paced, job_limits, vad, threads, beams, files.settings)
     folder = Path(s.jobs_dir).expanduser()
     job_parts = jobs.Jobs(lambda: JobStore(folder, s.jobs_max, s.job_ttl_s), job_files, s.jobs_running)
-    return EntryParts(Policy(catalog, rules), recognition, files, streams, realtime_limits, job_parts)
+    policy = Policy(catalog, rules, WritingRules(s.itn, s.itn_digits))
+    policy.preload_writing()
+    return EntryParts(policy, recognition, files, streams, realtime_limits, job_parts)
 
 
 def served_paths(batch_apis: list[str]) -> set[str]:

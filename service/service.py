@@ -200,6 +200,8 @@ class Transcriber:
         language: str = "",
         decoding: Literal["default", "greedy", "beam"] = "default",
         hotwords: str = "",
+        itn: bool | None = None,
+        itn_digits: Literal["default", "devanagari", "latin"] = "default",
         ctx: bentoml.Context = None,  # type: ignore[assignment]  # BentoML passes it; not a form field
     ) -> Transcription | str:
         """Transcribe one audio file (multipart field `audio`): WAV, FLAC, OGG Vorbis/Opus, MP3, M4A/MP4 AAC,
@@ -208,7 +210,9 @@ class Transcriber:
         vtt. `model` (a served name) and/or `language` (ISO 639-1, e.g. hi) choose among the served models;
         neither: the first one. `decoding`: greedy (exactly NeMo's) or beam (CTC beam search, with the model's
         n-gram LM if it has one); default: the server's ASR_DECODING. `hotwords`: `phrase[:weight], ...` to
-        favour (a negative weight disfavours); they imply beam search."""
+        favour (a negative weight disfavours); they imply beam search. `itn=true`: the written form (numbers,
+        dates, money, times as digits and symbols; `text_spoken` keeps the text as recognised) for a model whose
+        language has grammars; default: the server's ASR_ITN. `itn_digits`: devanagari or latin digits in it."""
         fields = transcribe.TranscribeFields(
             timestamps=timestamps,
             response_format=response_format,
@@ -216,6 +220,8 @@ class Transcriber:
             language=language,
             decoding=decoding,
             hotwords=hotwords,
+            itn=itn,
+            itn_digits=itn_digits,
         )
         state, media, agent = transcribe.caller(ctx)
         answer = await transcribe.transcribe(self, await anyio.Path(audio).read_bytes(), fields, state, media, agent)
@@ -233,6 +239,8 @@ class Transcriber:
         language: str = "",
         decoding: Literal["default", "greedy", "beam"] = "default",
         hotwords: str = "",
+        itn: bool | None = None,
+        itn_digits: Literal["default", "devanagari", "latin"] = "default",
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Transcription | str:
         """A transcription job for long recordings: the same fields and answer as /transcribe, with the jobs'
@@ -241,7 +249,9 @@ class Transcriber:
         POST /transcribe_job/retry take ?task_id=. Jobs are kept on disk (ASR_JOBS_DIR): they survive restarts,
         and a finished job's answer is kept ASR_JOB_TTL_S. POST /transcribe_job itself answers at once, as
         /transcribe."""
-        answer = await self.transcribe(audio, timestamps, response_format, model, language, decoding, hotwords, ctx=ctx)
+        answer = await self.transcribe(
+            audio, timestamps, response_format, model, language, decoding, hotwords, itn, itn_digits, ctx=ctx
+        )
         return cast("Transcription | str", answer)
 
     @bentoml.api

@@ -97,6 +97,11 @@ class Settings:
     hotword_weight: float = 10.0
     max_hotwords: int = 100
     max_hotword_words: int = 5
+    # Written form (inverse text normalisation: "पाँच सौ बीस रुपये" -> "₹५२०") when a request does not say (`itn`):
+    # off keeps the text exactly the model's. On, it applies to models whose export packed grammars for their
+    # language (others answer as spoken). Digits of the written form: devanagari (the grammars') or latin.
+    itn: bool = False
+    itn_digits: str = "devanagari"
     # Streaming (ws://HOST:PORT/v1/realtime?intent=transcription): most sessions open at once per entry process
     # (beyond: an error event and close code 1013; 0 turns streaming off and loads no streaming graph), the
     # longest session in seconds, and seconds without a client event before the session is closed.
@@ -186,6 +191,8 @@ class Settings:
                 raise bad("segment_target", "use model, off or seconds above 0")
         if self.decoding not in ("greedy", "beam"):
             raise bad("decoding", "use greedy or beam")
+        if self.itn_digits not in ("devanagari", "latin"):
+            raise bad("itn_digits", "use devanagari or latin")
         if not 0 <= self.beam_width <= 512:
             raise bad("beam_width", "use 1 to 512, or 0 for the model's own")
         if not abs(self.hotword_weight) <= 100:

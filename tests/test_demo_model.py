@@ -301,3 +301,124 @@ def test_silence_and_noise_say_nothing_sure(server: Server, kind: str, dbfs: flo
     body = transcribe(server, audio.astype(np.float32), timestamps="true").json()
     print(f"{kind} {dbfs} dBFS: {body['text']!r} {[round(w['confidence'], 2) for w in body['words']]}")
     assert body["text"] == "" or all(w["confidence"] < 0.5 for w in body["words"])
+
+
+# ---------------------------------------------------------------------------------------------- written form
+
+NUMBERS = ["मेरा नंबर नौ आठ सात छह है", "पाँच सौ बीस रुपये दीजिए", "भारत पंद्रह अगस्त उन्नीस सौ सैंतालीस को आज़ाद हुआ"]
+
+
+@pytest.fixture(scope="module")
+def numbers() -> np.ndarray:
+    audio, _ = speech.joined(NUMBERS, pause_s=0.6)
+    return audio
+
+
+def test_itn_written_form_with_word_times(server: Server, demo: Exported, numbers: np.ndarray) -> None:
+    """itn=true: the text, segments and words in written form (the store entry's grammars, applied as
+    service/recognition/written.py does), each written word timed from the spoken words it replaced; the spoken
+    text beside it; SRT cues in written form; /v1 with latin digits. Without itn: exactly as before."""
+    from service.recognition.written import Grammars, Writing
+
+    assert demo.manifest.itn is not None and demo.manifest.itn.language == "hi"
+    grammars = Grammars.load(demo.directory, demo.manifest.itn)
+    spoken = transcribe(server, numbers, timestamps="true").json()
+    assert "text_spoken" not in spoken
+    body = transcribe(server, numbers, timestamps="true", itn="true").json()
+    assert body["text_spoken"] == spoken["text"]
+    assert body["text"] == Writing(grammars).text(spoken["text"]) != spoken["text"]
+    assert any(ch in body["text"] for ch in "०१२३४५६७८९₹")
+    starts = {w["start"] for w in spoken["words"]}
+    ends = {w["end"] for w in spoken["words"]}
+    written = [w for w in body["words"] if w not in spoken["words"]]
+    assert written and all(w["start"] in starts and w["end"] in ends and w["end"] > w["start"] for w in written)
+    assert " ".join(w["word"] for w in body["words"]) == body["text"]
+    srt = transcribe(server, numbers, response_format="srt", itn="true").text
+    assert (
+        " ".join(line for line in srt.splitlines() if line and "-->" not in line and not line.isdigit())
+        == (body["text"])
+    )
+    form = {"model": "stt_hi_demo_conformer_ctc", "response_format": "verbose_json", "itn": "true"}
+    form |= {"itn_digits": "latin", "timestamp_granularities[]": "word"}
+    r = httpx.post(server.url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav(numbers))}, data=form)
+    assert r.status_code == 200, r.text
+    latin = r.json()
+    assert latin["text"] == Writing(grammars, "latin").text(spoken["text"]) and latin["text_spoken"] == spoken["text"]
+    assert not any(ch in latin["text"] for ch in "०१२३४५६७८९")
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value", "code"),
+    [
+        ("/transcribe", "itn_digits", "roman", "bad_request"),
+        ("/transcribe", "itn", "maybe", "bad_request"),
+        ("/v1/audio/transcriptions", "itn_digits", "roman", "bad_request"),
+        ("/v1/audio/transcriptions", "itn", "maybe", "bad_request"),
+    ],
+)
+def test_itn_bad_fields_are_400(
+    server: Server, numbers: np.ndarray, path: str, field: str, value: str, code: str
+) -> None:
+    name = "file" if path.startswith("/v1") else "audio"
+    r = httpx.post(server.url + path, files={name: ("a.wav", wav(numbers[:16000]))}, data={field: value})
+    assert r.status_code == 400, r.text
+    body = r.json()
+    error = body["error"] if path.startswith("/v1") else body
+    assert (error["code"] if path.startswith("/v1") else error["error"]) == code and field in str(body)
+
+
+def test_itn_realtime_completed_is_written(server: Server, numbers: np.ndarray) -> None:
+    """A realtime session with audio.input.transcription.itn: `completed` in written form, deltas as recognised."""
+    import base64
+
+    from openai import OpenAI
+
+    pcm = (np.clip(numbers, -1, 1) * 32767).astype("<i2").tobytes()
+    results = []
+    for itn in (False, True):
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            assert conn.recv().type == "session.created"
+            given = {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}
+            given["transcription"] = {"itn": itn}
+            conn.session.update(session={"type": "transcription", "audio": {"input": given}})
+            updated = conn.recv()
+            assert updated.type == "session.updated", updated
+            assert updated.session.audio.input.transcription.model_extra["itn"] is itn
+            for i in range(0, len(pcm), 6400):
+                conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + 6400]).decode())
+            conn.input_audio_buffer.commit()
+            deltas = []
+            while True:
+                event = conn.recv()
+                assert event.type != "error", event
+                if event.type.endswith(".delta"):
+                    deltas.append(event.delta)
+                if event.type.endswith(".completed"):
+                    results.append(("".join(deltas), event.transcript))
+                    break
+    (plain_deltas, plain), (written_deltas, written) = results
+    assert plain_deltas == plain and written_deltas == plain  # deltas are never rewritten
+    assert written != plain and any(ch in written for ch in "०१२३४५६७८९₹")
+
+
+def test_readme_written_form_examples(server: Server, numbers: np.ndarray, tmp_path: Path) -> None:
+    """The README's written-form blocks, run as written (only the port differs) on speech with numbers."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_readme import example
+
+    (tmp_path / "speech.wav").write_bytes(wav(numbers))
+    spoken = transcribe(server, numbers).json()["text"]
+    command = example("written form").replace("http://127.0.0.1:3000", server.url)
+    out = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True)
+    body = json.loads(out.stdout)
+    assert body["text_spoken"] == spoken and body["text"] != spoken and any(c.isdigit() for c in body["text"])
+    assert not any(ch in body["text"] for ch in "०१२३४५६७८९")  # itn_digits=latin
+    code = example("written form openai").replace("http://127.0.0.1:3000", server.url)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    written, as_said = run.stdout.removesuffix("\n").split("\n")
+    assert as_said == spoken and written != spoken and any(ch in written for ch in "०१२३४५६७८९₹")

@@ -20,7 +20,7 @@ from tests.server import ROOT, Server, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not speech.have_espeak(), reason="needs espeak-ng and sox")]
 BENTOML = str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "bentoml")
-FORBIDDEN = ("torch", "nemo", "nemo_toolkit", "lightning", "transformers")
+FORBIDDEN = ("torch", "nemo", "nemo_toolkit", "lightning", "transformers", "nemo_text_processing", "pynini")
 
 
 def build(*args: str, offline: bool = True) -> list[str]:
@@ -133,6 +133,8 @@ def test_bento_is_lean_and_references_the_models(bento: str, models: str) -> Non
     names = {line.split("==")[0].split("[")[0].strip() for line in requirements.splitlines() if line.strip()}
     assert not names & set(FORBIDDEN), names
     assert "onnxruntime-gpu" in names and all("==" in line for line in requirements.splitlines() if line.strip())
+    assert "kaldifst" in names  # applies the written form's grammars, which travel in the models' store entries
+    assert (Path(bentoml_model_path(models.split(",")[0])) / "itn_tagger.fst").is_file()
     # KenLM (n-gram LMs) as the wheel setup.sh built; beam search itself is the service's own code
     assert [w.name for w in (path / "env" / "python" / "wheels").iterdir()] == [
         "kenlm-0.3.0-cp311-cp311-linux_x86_64.whl"
@@ -240,6 +242,14 @@ def test_container_answers_like_the_dev_server(
         listed += c.exec("uv", "pip", "list").stdout.lower()
         assert not any(f"{p}==" in listed or f"\n{p} " in listed for p in FORBIDDEN)
         assert c.exec("python", "-c", "import torch").returncode != 0
+        # the written form: the model's grammars (in its store entry) applied by the image's kaldifst, as here
+        from service.recognition.written import Grammars, Writing
+
+        assert tiny_bpe.manifest.itn is not None
+        written = transcribe(c.url, speech_wav, itn="true", itn_digits="latin")
+        want = Writing(Grammars.load(tiny_bpe.directory, tiny_bpe.manifest.itn), "latin").text(dev_text)
+        assert written["text_spoken"] == dev_text and written["text"] == want
+        assert c.exec("python", "-c", "import kaldifst").returncode == 0
         assert httpx.post(c.url + "/status", timeout=10).json()["providers"] == ["CPUExecutionProvider"]
         # beam search with the packed n-gram LM (KenLM built in the image), and hotwords, as the dev server
         lm_name = models.split(",")[2].split(":")[0]

@@ -226,7 +226,7 @@ def test_architecture_page_names_files_that_exist_and_every_module() -> None:
 def test_every_code_block_of_the_readme_is_an_example_a_test_runs() -> None:
     """Each fenced code block but the quick start, the quoted line and the deployment commands is marked as an
     example, and each marked example is run by a test (this module, test_beam, test_clients, test_realtime,
-    test_keys, test_cli, test_jobs)."""
+    test_keys, test_cli, test_jobs, test_demo_model)."""
     blocks = re.findall(r"(<!-- example: ([\w ]+) -->\n)?```(\w+)\n", README)
     unmarked = [lang for marker, _, lang in blocks if not marker]
     assert unmarked == ["bash", "text", "bash"], unmarked  # quick start, the offline line, deployment
@@ -240,6 +240,7 @@ def test_every_code_block_of_the_readme_is_an_example_a_test_runs() -> None:
             "test_keys.py",
             "test_cli.py",
             "test_jobs.py",
+            "test_demo_model.py",
         )
     )
     for _, name, _ in blocks:

@@ -123,6 +123,8 @@ def openai_verbose(transcript: Transcript, language: str, words: bool, segments:
         ]
     if words:
         body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in transcript.words]
+    if transcript.text_spoken is not None:
+        body["text_spoken"] = transcript.text_spoken
     return body
 
 

@@ -107,8 +107,9 @@ async def submit_form(scope: Scope, form: Any) -> Response:
     if isinstance(options, Response):
         return options
     try:
-        entry.policy.model(options.model, options.language)
+        served = entry.policy.model(options.model, options.language)
         entry.policy.decoding(options.decoding, options.hotwords)
+        entry.policy.writing(served, options.itn, options.itn_digits)
         upload = form[transcribe.FILE_FIELD].file  # copied from the form's own file (closed with the form)
         job = await anyio.to_thread.run_sync(entry.jobs.store.submit, options.model_dump(), upload, _owner(scope))
     except ASRError as exc:

@@ -82,6 +82,8 @@ async def answer_form(scope: Scope, form: Any) -> Response:
         state.asr_model = options["model"].name  # for the request metrics and log line (api/requestlog.py)
         transcript = await entry.files.run(data, options["model"], options["decoding"])
         state.asr_audio_s = transcript.duration_s
+        if options["writing"] is not None:
+            transcript = await options["writing"].transcript_async(transcript)
     except ASRError as exc:  # (RequestGuard adds Retry-After to 503s)
         return JSONResponse(error_body("openai", int(exc.status), exc.code, exc.message, exc.param), int(exc.status))
     fmt = options["response_format"]
@@ -115,7 +117,21 @@ def _options(form: Any, entry: Entry) -> dict[str, Any]:
         decoding = entry.policy.decoding("", str(form.get("prompt") or ""))
     except BadRequest as exc:
         raise BadRequest(f"the prompt is read as hotwords: {exc.message}", "prompt") from None
-    return {"response_format": fmt, "granularities": grains, "model": chosen, "decoding": decoding}
+    # Extra fields (OpenAI has none for it): itn=true|false for the written form, itn_digits=devanagari|latin
+    writing = entry.policy.writing(chosen, form_flag(form, "itn"), str(form.get("itn_digits") or ""))
+    return {"response_format": fmt, "granularities": grains, "model": chosen, "decoding": decoding, "writing": writing}
+
+
+def form_flag(form: Any, name: str) -> bool | None:
+    """A true/false form field (also 1/0, yes/no); None when absent or empty."""
+    value = str(form.get(name) or "").strip().lower()
+    if not value:
+        return None
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise BadRequest(f"{name} must be true or false, not {value!r}", name)
 
 
 def _model_object(m: Any) -> dict[str, Any]:

@@ -2,12 +2,13 @@
 each client event turned into pipeline calls (service/pipeline/turns.py, streams.py) and server events.
 
 Client events: `session.update` (session.type "transcription"; audio.input.format audio/pcm at 24 kHz as
-OpenAI defines it or 16 kHz, audio/pcmu, audio/pcma; audio.input.transcription.model and .language; audio.input
-.turn_detection `server_vad` {threshold, prefix_padding_ms, silence_duration_ms} or null for explicit
-commits; include ["item.input_audio_transcription.logprobs"]), `input_audio_buffer.append` {audio: base64},
-`.commit`, `.clear`. Server events: `session.created`, `session.updated`, `input_audio_buffer.speech_started`,
-`.speech_stopped`, `.committed`, `.cleared`, `conversation.item.input_audio_transcription.delta` and
-`.completed`, and `error` in OpenAI's shape (a bad event gets one and the session goes on).
+OpenAI defines it or 16 kHz, audio/pcmu, audio/pcma; audio.input.transcription.model and .language, and our
+.itn / .itn_digits for `completed` transcripts in written form; audio.input.turn_detection `server_vad`
+{threshold, prefix_padding_ms, silence_duration_ms} or null for explicit commits; include
+["item.input_audio_transcription.logprobs"]), `input_audio_buffer.append` {audio: base64}, `.commit`, `.clear`.
+Server events: `session.created`, `session.updated`, `input_audio_buffer.speech_started`, `.speech_stopped`,
+`.committed`, `.cleared`, `conversation.item.input_audio_transcription.delta` and `.completed`, and `error` in
+OpenAI's shape (a bad event gets one and the session goes on).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 
@@ -30,6 +32,7 @@ from service.pipeline.policy import Policy
 from service.pipeline.streams import Delta, StreamTranscription, Utterance
 from service.pipeline.turns import Speech, SpeechStarted, SpeechStopped, TurnDetection, TurnDetector
 from service.recognition.streaming import StreamingUnsupported
+from service.recognition.written import Writing
 
 LOGPROBS = "item.input_audio_transcription.logprobs"
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
@@ -109,9 +112,16 @@ class SessionConfig:
     fmt: AudioFormat = field(default_factory=lambda: AudioFormat("pcm", OPENAI_PCM_RATE))
     turn: TurnDetection | None = field(default_factory=TurnDetection)
     logprobs: bool = False
+    itn: bool | None = None  # as asked (None: the server's ASR_ITN)
+    itn_digits: str = ""
+    writing: Writing | None = None  # what `completed` transcripts are written in (deltas stay as recognised)
 
     def describe(self, session_id: str) -> dict[str, Any]:
         turn = {"type": "server_vad", **vars(self.turn)} if self.turn else None
+        transcription: dict[str, Any] = {"model": self.model.name, "language": self.language}
+        transcription["itn"] = self.writing is not None
+        if self.writing is not None:
+            transcription["itn_digits"] = self.writing.digits
         return {
             "type": "transcription",
             "id": session_id,
@@ -119,7 +129,7 @@ class SessionConfig:
             "audio": {
                 "input": {
                     "format": self.fmt.describe(),
-                    "transcription": {"model": self.model.name, "language": self.language},
+                    "transcription": transcription,
                     "turn_detection": turn,
                     "noise_reduction": None,
                 }
@@ -142,7 +152,7 @@ class Session:
         self.id = "sess_" + uuid.uuid4().hex[:20]
         chosen = policy.model(model_name, "")
         streams.check(chosen)
-        self.config = SessionConfig(model=chosen, language=chosen.language)
+        self.config = SessionConfig(model=chosen, language=chosen.language, writing=policy.writing(chosen, None))
         self.rate = chosen.manifest.sample_rate
         self.resampler = Resampler(self.config.fmt.rate, self.rate)
         self.position = 0  # samples at the model's rate received in this session
@@ -194,6 +204,7 @@ class Session:
         config = self.config
         transcription = given.get("transcription")
         model, language, fmt, turn = config.model, config.language, config.fmt, config.turn
+        itn, digits = config.itn, config.itn_digits
         if transcription is not None:
             if not isinstance(transcription, dict):
                 raise ClientError("invalid_value", "audio.input.transcription must be an object", "transcription")
@@ -201,6 +212,14 @@ class Session:
             if name or lang:
                 model = self.policy.model(name, lang)
                 language = lang or model.language
+            # extra fields (OpenAI has none for it): the written form of `completed` transcripts
+            if "itn" in transcription:
+                itn = transcription["itn"]
+                if itn is not None and not isinstance(itn, bool):
+                    raise ClientError("invalid_value", "transcription.itn must be true, false or null", "itn")
+            if "itn_digits" in transcription:
+                digits = str(transcription["itn_digits"] or "")
+        writing = self.policy.writing(model, itn, digits)
         if "format" in given:
             fmt = parse_format(given["format"])
         if "turn_detection" in given:
@@ -223,7 +242,7 @@ class Session:
             self.resampler = Resampler(fmt.rate, model.manifest.sample_rate)
         if model is not config.model:
             self.rate = model.manifest.sample_rate
-        self.config = SessionConfig(model, language, fmt, turn, logprobs)
+        self.config = SessionConfig(model, language, fmt, turn, logprobs, itn, digits, writing)
         if turn != config.turn:
             self._new_turns()
         await self.send({"type": "session.updated", "event_id": event_id(), "session": self.describe()})
@@ -319,6 +338,10 @@ class Session:
             event["logprobs"] = self._logprobs(u, delta.first_step)
         await self.send(event)
 
+    async def _written(self, text: str) -> str:
+        assert self.config.writing is not None
+        return await anyio.to_thread.run_sync(self.config.writing.text, text)
+
     def _logprobs(self, u: Utterance, first: int = 0) -> list[dict[str, Any]]:
         """Emitted tokens from the `first` on: each one's text and the log-probability of the output step that
         emitted it (OpenAI's LogProbProperties)."""
@@ -350,7 +373,7 @@ class Session:
             "event_id": event_id(),
             "item_id": u.item_id,
             "content_index": 0,
-            "transcript": u.text,
+            "transcript": u.text if self.config.writing is None else await self._written(u.text),
             "usage": {"type": "duration", "seconds": round(u.samples / self.rate, 3)},
         }
         if self.config.logprobs:

@@ -45,10 +45,15 @@ class Transcription(BaseModel):
     speech_s: float | None = Field(
         default=None, description="seconds of speech the VAD found in the audio (absent with ASR_SEGMENTER=energy)"
     )
+    text_spoken: str | None = Field(
+        default=None,
+        description="with itn: the text as recognised (spoken form); `text`, segments and words are then in "
+        "written form (absent without itn)",
+    )
 
     @model_serializer(mode="wrap")
     def _leave_out_words_not_asked_for(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_none(handler(self), "words", "speech_s")
+        return _without_none(handler(self), "words", "speech_s", "text_spoken")
 
 
 def _without_none(data: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -116,6 +121,9 @@ class OpenAIVerboseTranscription(BaseModel):
     text: str
     segments: list[OpenAISegment] | None = Field(default=None, description="absent when not asked for")
     words: list[OpenAIWord] | None = Field(default=None, description="only with timestamp_granularities[]=word")
+    text_spoken: str | None = Field(
+        default=None, description="with itn=true: the text as recognised; `text` is in written form"
+    )
 
 
 class ModelObject(BaseModel):

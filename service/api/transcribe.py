@@ -41,6 +41,8 @@ class TranscribeFields(BaseModel):
     language: str = ""
     decoding: Literal["default", "greedy", "beam"] = "default"
     hotwords: str = ""
+    itn: bool | None = None  # None: the server's ASR_ITN
+    itn_digits: Literal["default", "devanagari", "latin"] = "default"
 
 
 FIELDS = frozenset({FILE_FIELD, *TranscribeFields.model_fields})
@@ -111,9 +113,12 @@ async def transcribe(
     try:
         served = entry.policy.model(options.model, options.language)
         decoding = entry.policy.decoding(options.decoding, options.hotwords)
+        writing = entry.policy.writing(served, options.itn, options.itn_digits)
         state.asr_model = served.name
         transcript = await (files or entry.files).run(data, served, decoding, progress)
         state.asr_audio_s = transcript.duration_s
+        if writing is not None:
+            transcript = await writing.transcript_async(transcript)
     except ASRError as exc:  # (the request guard adds Retry-After to 503s)
         return JSONResponse(exc.body(), status_code=int(exc.status))
     if options.response_format != "json":
@@ -145,6 +150,7 @@ def transcription(transcript: Transcript, served: ServedModel, timestamps: bool)
         ],
         words=[Word(**vars(w)) for w in transcript.words] if timestamps else None,
         speech_s=transcript.speech_s,
+        text_spoken=transcript.text_spoken,
     )
 
 
@@ -171,4 +177,6 @@ def transcription_json(transcript: Transcript, served: ServedModel, timestamps: 
         ]
     if transcript.speech_s is not None:
         body["speech_s"] = float(transcript.speech_s)
+    if transcript.text_spoken is not None:
+        body["text_spoken"] = transcript.text_spoken
     return body

@@ -47,6 +47,7 @@ class Transcript:
     duration_s: float
     segments: list[SegmentText]
     speech_s: float | None = None  # seconds of speech the VAD found (None: not estimated)
+    text_spoken: str | None = None  # the text as recognised, when `text` is its written form (ITN)
 
     @property
     def words(self) -> list[TimedWord]:
