@@ -143,8 +143,9 @@ class ItnSpec(_Frozen):
     graph (service/recognition/written.py applies them; no grammar compiles when the service runs)."""
 
     language: str  # the grammars' language (nemo_text_processing's code)
-    tagger_file: str  # spoken text (UTF-8 bytes) -> tokens { ... } (the grammars' tokenize_and_classify)
-    verbalizer_file: str  # one serialised token -> its written form (the grammars' verbalize_final)
+    tagger_file: str  # spoken text (label = code point) -> tokens { ... } (the grammars' tokenize_and_classify)
+    verbalizer_file: str  # one serialised token (UTF-8 bytes) -> its written form (the grammars' verbalize_final)
+    alphabet: str  # the characters the tagger reads (a word with any other is left as spoken)
     source: str  # which package and version the grammars came from
 
 

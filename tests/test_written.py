@@ -16,7 +16,7 @@ from service.errors import BadRequest
 from service.manifest import ItnSpec
 from service.pipeline.policy import DecodingRules, ItnUnsupported, Policy, WritingRules
 from service.recognition.transcript import SegmentText, TimedWord, Transcript
-from service.recognition.written import _HALF_DONE, Grammars, Writing, written
+from service.recognition.written import _HALF_DONE, Grammars, Piece, Writing, written
 
 SENTENCES = Path(__file__).parents[1] / "benchmarks" / "data" / "itn_hi.tsv"
 DIGIT = re.compile(r"[०-९]")
@@ -151,3 +151,13 @@ def test_a_language_without_grammars_exports_without_them(tmp_path: Path) -> Non
     from export.__main__ import parse_args
 
     assert parse_args(["--config", "tiny", "--no-itn"]).no_itn and not parse_args(["--config", "tiny"]).no_itn
+
+
+def test_words_the_tagger_cannot_read_stay_and_do_not_stop_their_neighbours(grammars: Grammars) -> None:
+    """The tagger reads the characters of its alphabet (export/itn.py); a word with another one (here a zero-width
+    joiner) is left as spoken and the number beside it is still written."""
+    odd = "नंबर\u200d"
+    assert "\u200d" not in grammars.alphabet and "९" in grammars.alphabet
+    pieces = grammars.rewrite(["मेरा", odd, "नौ", "आठ", "सात", "छह", "है"])
+    assert [p.text for p in pieces] == ["मेरा", odd, "९८७६", "है"]
+    assert grammars.rewrite([odd]) == [Piece(0, 1, odd, False)]

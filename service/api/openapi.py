@@ -128,6 +128,12 @@ def _openai_transcriptions() -> dict[str, Any]:
             "items": {"type": "string", "enum": ["word", "segment"]},
             "description": "with verbose_json: word and/or segment (segment when none)",
         },
+        "itn": {
+            "type": "boolean",
+            "description": "ours: the written form (numbers, dates, money, times as digits and symbols); "
+            "verbose_json then adds text_spoken; default: the server's ASR_ITN",
+        },
+        "itn_digits": {"type": "string", "enum": ["devanagari", "latin"], "description": "ours: digits of it"},
     }
     body = {"type": "object", "required": ["file"], "properties": fields}
     ok = {

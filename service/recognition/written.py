@@ -1,9 +1,10 @@
 """The written form of a transcript: inverse text normalisation ("पाँच सौ बीस रुपये" -> "₹५२०") with word times
 kept.
 
-The grammars are NeMo's (nemo_text_processing), compiled at export into a tagger and a verbaliser (export/itn.py);
-here kaldifst (OpenFst, a 1.5-MB wheel) applies them as NeMo's InverseNormalizer does: the text through the
-tagger (shortest path), the tokens parsed, each token through the verbaliser, trying its fields' orders in turn.
+The grammars are NeMo's (nemo_text_processing), compiled at export into a tagger (re-labelled to read
+characters) and a verbaliser (export/itn.py); here kaldifst (OpenFst, a 1.5-MB wheel) applies them as NeMo's
+InverseNormalizer does: the text through the tagger (shortest path), the tokens parsed, each token through the
+verbaliser, trying its fields' orders in turn.
 Two differences, both on purpose: each token is verbalised on its own (NeMo verbalises the sentence, and when one
 token fails it gives back the whole sentence spoken; here that token alone stays spoken), and the tagger's path
 is walked arc by arc to learn which spoken words each token consumed, so that a written token takes the times of
@@ -55,8 +56,9 @@ class Piece:
 class Grammars:
     """One language's compiled tagger and verbaliser (kaldifst is imported only when a model has them)."""
 
-    def __init__(self, tagger: Any, verbalizer: Any) -> None:
+    def __init__(self, tagger: Any, verbalizer: Any, alphabet: str) -> None:
         self.tagger, self.verbalizer = tagger, verbalizer
+        self.alphabet = frozenset(alphabet)  # what the tagger reads (a word with any other character is left)
         self._alone: dict[str, bool] = {}  # word -> whether the grammars rewrite it on its own
 
     @classmethod
@@ -67,24 +69,29 @@ class Grammars:
         verbalizer = kaldifst.StdVectorFst.read(str(directory / spec.verbalizer_file))
         if tagger is None or verbalizer is None:
             raise OSError(f"cannot read the ITN grammars in {directory}")
-        return cls(tagger, verbalizer)
+        return cls(tagger, verbalizer, spec.alphabet)
 
     def rewrite(self, words: Sequence[str]) -> list[Piece]:
         """Spoken words -> pieces covering them in order, each one word or several written as one. Words the
         grammars do not take (or a tagger path this code cannot follow) come back as they were.
 
-        The tagger costs ~1.5 ms per word on a CPU (its paths branch at every word), so only windows are tagged:
+        The tagger costs ~0.6 ms per word on a CPU (its paths branch at every character), so only windows are tagged:
         each run of words that the grammars rewrite on their own (number words), with CONTEXT_WORDS on each side
         (बजे, रुपये, a month). A sentence without such a word is not tagged at all. Rules whose context lies
         farther away do not apply (docs/accuracy.md, "Written form")."""
-        changes = [self._changes(w) for w in words]
+        readable = [self.alphabet.issuperset(w) for w in words]
+        changes = [ok and self._changes(w) for w, ok in zip(words, readable, strict=True)]
         if not any(changes):
             return [Piece(i, i + 1, w, False) for i, w in enumerate(words)]
         windows: list[list[int]] = []
         for i, hot in enumerate(changes):
             if not hot:
                 continue
-            first, stop = max(0, i - CONTEXT_WORDS), min(len(words), i + 1 + CONTEXT_WORDS)
+            first, stop = i, i + 1  # context on each side, as far as the tagger can read it
+            while first > max(0, i - CONTEXT_WORDS) and readable[first - 1]:
+                first -= 1
+            while stop < min(len(words), i + 1 + CONTEXT_WORDS) and readable[stop]:
+                stop += 1
             if windows and first <= windows[-1][1]:
                 windows[-1][1] = stop
             else:
@@ -113,8 +120,7 @@ class Grammars:
         unchanged = [Piece(offset + i, offset + i + 1, w, False) for i, w in enumerate(words)]
         if not words:
             return []
-        text = " ".join(words)
-        arcs = _best_path(self.tagger, text.encode("utf-8"))
+        arcs = _best_path(self.tagger, [ord(ch) for ch in " ".join(words)])
         if arcs is None:
             return unchanged
         output = bytes(o for _, o in arcs if o)
@@ -122,7 +128,7 @@ class Grammars:
             tokens = _parse(output.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             return unchanged
-        spans = _word_spans(arcs, tokens, [len(w.encode("utf-8")) for w in words])
+        spans = _word_spans(arcs, tokens, [len(w) for w in words])
         if spans is None or len(spans) != len(tokens):
             return unchanged
         pieces = []
@@ -143,18 +149,18 @@ class Grammars:
         if len(fields) == 1 and fields[0][0] == "name" and isinstance(fields[0][1], str):
             return fields[0][1]  # a plain word (the verbaliser's `name` rule writes its value)
         for option in itertools.islice(_orders(fields, serialized), _MAX_ORDERS):
-            arcs = _best_path(self.verbalizer, option.encode("utf-8"))
+            arcs = _best_path(self.verbalizer, list(option.encode("utf-8")))
             if arcs is not None:
                 return re.sub(" +", " ", bytes(o for _, o in arcs if o).decode("utf-8")).strip()
         return None
 
 
-def _best_path(fst: Any, data: bytes) -> list[tuple[int, int]] | None:
-    """The (input, output) label pairs along the lowest-cost path of `data` (bytes as labels) through `fst`;
-    None when it takes no path."""
+def _best_path(fst: Any, labels: list[int]) -> list[tuple[int, int]] | None:
+    """The (input, output) label pairs along the lowest-cost path of `labels` through `fst`; None when it takes
+    no path. The tagger reads characters (code points), the verbaliser UTF-8 bytes; both write bytes."""
     import kaldifst
 
-    lattice = kaldifst.compose(kaldifst.make_linear_acceptor(list(data)), fst)
+    lattice = kaldifst.compose(kaldifst.make_linear_acceptor(labels), fst)
     if lattice.num_states == 0:
         return None
     best = kaldifst.shortest_path(lattice, 1)
@@ -228,27 +234,27 @@ def _permute(fields: Fields) -> Any:
 
 
 def _word_spans(
-    arcs: list[tuple[int, int]], tokens: list[Token], word_bytes: list[int]
+    arcs: list[tuple[int, int]], tokens: list[Token], word_sizes: list[int]
 ) -> list[tuple[int, int]] | None:
-    """Which words each token consumed: every input byte belongs to the token whose output was being written
-    when the tagger read it, and a word to the token that read most of its bytes. None unless that gives each
-    token a run of whole words, in order."""
+    """Which words each token consumed: every input character belongs to the token whose output was being
+    written when the tagger read it, and a word to the token that read most of its characters. None unless that
+    gives each token a run of whole words, in order."""
     starts = [start for start, _, _ in tokens]
-    owner: list[int] = []  # per input byte
+    owner: list[int] = []  # per input character
     written = 0
     for ilabel, olabel in arcs:
         if olabel:
             written += 1
         if ilabel:
             owner.append(max(0, bisect_right(starts, max(0, written - 1)) - 1))
-    byte = 0
+    at = 0
     word_token = []
-    for n, size in enumerate(word_bytes):
-        if byte + size > len(owner):
+    for n, size in enumerate(word_sizes):
+        if at + size > len(owner):
             return None
-        votes = owner[byte : byte + size]
+        votes = owner[at : at + size]
         word_token.append(max(set(votes), key=votes.count))
-        byte += size + (1 if n + 1 < len(word_bytes) else 0)  # the space between words
+        at += size + (1 if n + 1 < len(word_sizes) else 0)  # the space between words
     spans: list[tuple[int, int]] = []
     for n, token in enumerate(word_token):
         if token == len(spans) - 1:
