@@ -35,6 +35,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--hotwords", default="", metavar="'PHRASE[:WEIGHT], ...'", help="phrases to favour (as the API)"
     )
     parser.add_argument("--timestamps", action="store_true", help="word times in json output")
+    parser.add_argument(
+        "--itn", action="store_true", help="the written form: numbers, dates, money, times as digits (API's itn)"
+    )
+    parser.add_argument("--itn-digits", choices=["devanagari", "latin"], help="its digits (default: the service's)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one file (default 3600)")
     parser.add_argument("--jobs", action="store_true", help="each file as a job (for hours-long files; resumable)")
     parser.add_argument("--wait-ready", type=float, default=30.0, help="seconds to wait for the service at start")
@@ -78,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             fields[name] = getattr(args, name)
     if args.decoding != "default":
         fields["decoding"] = args.decoding
+    if args.itn:
+        fields["itn"] = True
+    if args.itn_digits:
+        fields["itn_digits"] = args.itn_digits
     request = Request(args.url.rstrip("/"), args.token, args.format, fields, args.timeout, args.wait_ready, args.jobs)
     show = not args.quiet and sys.stderr.isatty()
     try:

@@ -321,6 +321,8 @@ def test_itn_written_form_with_word_times(server: Server, demo: Exported, number
     from service.recognition.written import Grammars, Writing
 
     assert demo.manifest.itn is not None and demo.manifest.itn.language == "hi"
+    listed = httpx.get(server.url + "/v1/models", timeout=10).json()["data"]
+    assert [m["itn"] for m in listed] == [True]
     grammars = Grammars.load(demo.directory, demo.manifest.itn)
     spoken = transcribe(server, numbers, timestamps="true").json()
     assert "text_spoken" not in spoken
