@@ -88,10 +88,9 @@ def compile_grammars(language: str, target: Path) -> None:
     sorted by input label (the service composes text with them), and the tagger's alphabet. Written beside
     `target` and renamed into place: two exports at once never read half a file.
 
-    NeMo's grammars read UTF-8 bytes; the tagger is re-labelled here to read characters (label = code point,
-    for the alphabet of grammar_alphabet),
-    which makes its composition with a sentence ~3x faster (a Devanagari character is three bytes, and the
-    tagger's paths branch at every byte) with the same paths and weights."""
+    NeMo's grammars read UTF-8 bytes; the tagger is re-labelled here to read characters (label = code point, for
+    the characters of grammar_alphabet), which makes its composition with a sentence ~3x faster (a Devanagari
+    character is three bytes, and the tagger's paths branch at every byte) with the same paths and weights."""
     import pynini
 
     base = f"{PACKAGE}.inverse_text_normalization.{language}"

@@ -43,7 +43,8 @@ A 429 or a 503 that may clear by itself carries `Retry-After`."""
 
 # Which error codes each status carries (the `error` / `error.code` field), for the descriptions.
 ERRORS = {
-    400: "bad_request, empty_audio, undecodable_audio, unknown_model, unknown_language: the request or its audio",
+    400: "bad_request, empty_audio, undecodable_audio, unknown_model, unknown_language, itn_unsupported: the "
+    "request or its audio",
     404: "model_not_found: no served model has that name",
     413: "upload_too_large, audio_too_long, audio_too_large: over ASR_MAX_UPLOAD_MB, ASR_MAX_DURATION_S or "
     "ASR_MAX_DECODED_MB",

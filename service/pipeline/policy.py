@@ -37,7 +37,8 @@ class ItnUnsupported(BadRequest):
 
 
 class Policy:
-    """The served models and the decoding rules: a request's fields -> the model and decoding it gets."""
+    """The served models and the decoding and writing rules: a request's fields -> the model, decoding and
+    written form it gets."""
 
     def __init__(self, catalog: Catalog, rules: DecodingRules, writing: WritingRules | None = None) -> None:
         self.catalog, self.rules = catalog, rules
