@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import platform
 import random
 import re
 import statistics
@@ -52,13 +51,6 @@ def service_rtfx() -> float:
     tables = THROUGHPUT.read_text(encoding="utf-8").split("### ")
     rows = re.findall(r"^\| \d+ \| [\d.]+ \| ([\d.]+) \|", tables[-1], re.M)
     return max(float(r) for r in rows)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def time_itn(saved: Path, directory: Path) -> dict[str, tuple[float, float, float]]:
@@ -106,6 +98,7 @@ def main() -> int:
     from export.__main__ import quiet_nemo
     from export.pipeline import Options, run
     from export.sources import from_nemo
+    from export.variants import cpu_name
     from service.audio.segment import Segment
     from service.recognition import transcript as tr
     from service.recognition.recognizer import Recognizer

@@ -32,16 +32,15 @@ class ItnError(RuntimeError):
     """The model's language has grammars, but they cannot be compiled here (the export then packs none)."""
 
 
-def has_grammars(language: str) -> bool:
-    """Whether the installed nemo_text_processing has inverse normalisation grammars for this language (looked
-    up on disk: importing a language's package may need what only its compilation needs)."""
+def grammar_folder(language: str) -> Path | None:
+    """The installed nemo_text_processing's inverse normalisation folder for this language, where it has grammars
+    (looked up on disk: importing a language's package may need what only its compilation needs)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations or not language.isidentifier():
-        return False
+        return None
     root = Path(next(iter(spec.submodule_search_locations))) / "inverse_text_normalization" / language
-    return (root / "taggers" / "tokenize_and_classify.py").is_file() and (
-        root / "verbalizers" / "verbalize_final.py"
-    ).is_file()
+    found = (root / "taggers" / "tokenize_and_classify.py").is_file()
+    return root if found and (root / "verbalizers" / "verbalize_final.py").is_file() else None
 
 
 def cache_root() -> Path:
@@ -58,7 +57,7 @@ def pack_itn(language: str, out_dir: Path) -> ItnSpec | None:
             "(it installs it with --no-deps)"
         )
         return None
-    if not has_grammars(language):
+    if grammar_folder(language) is None:
         progress(f"no inverse text normalisation grammars for language {language!r}: no written form")
         return None
     version = importlib.metadata.version(PACKAGE)
@@ -124,9 +123,9 @@ def grammar_alphabet(language: str) -> str:
     """Printable ASCII, every character of the language's grammar data, and the whole 128-character block of its
     script(s) (a block holding a tenth of those characters or more: Devanagari for Hindi), in code point order.
     A model's words with any other character are left as spoken."""
-    spec = importlib.util.find_spec(PACKAGE)
-    assert spec is not None and spec.submodule_search_locations
-    data = Path(next(iter(spec.submodule_search_locations))) / "inverse_text_normalization" / language / "data"
+    folder = grammar_folder(language)
+    assert folder is not None
+    data = folder / "data"
     points = set(range(0x20, 0x7F))
     blocks: dict[int, int] = {}
     for path in data.rglob("*.tsv"):

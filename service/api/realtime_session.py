@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import numpy as np
 import numpy.typing as npt
 
@@ -338,10 +337,6 @@ class Session:
             event["logprobs"] = self._logprobs(u, delta.first_step)
         await self.send(event)
 
-    async def _written(self, text: str) -> str:
-        assert self.config.writing is not None
-        return await anyio.to_thread.run_sync(self.config.writing.text, text)
-
     def _logprobs(self, u: Utterance, first: int = 0) -> list[dict[str, Any]]:
         """Emitted tokens from the `first` on: each one's text and the log-probability of the output step that
         emitted it (OpenAI's LogProbProperties)."""
@@ -373,7 +368,7 @@ class Session:
             "event_id": event_id(),
             "item_id": u.item_id,
             "content_index": 0,
-            "transcript": u.text if self.config.writing is None else await self._written(u.text),
+            "transcript": u.text if self.config.writing is None else await self.config.writing.text_async(u.text),
             "usage": {"type": "duration", "seconds": round(u.samples / self.rate, 3)},
         }
         if self.config.logprobs:

@@ -82,7 +82,7 @@ class Grammars:
         readable = [self.alphabet.issuperset(w) for w in words]
         changes = [ok and self._changes(w) for w, ok in zip(words, readable, strict=True)]
         if not any(changes):
-            return [Piece(i, i + 1, w, False) for i, w in enumerate(words)]
+            return _spoken(words, 0, len(words))
         windows: list[list[int]] = []
         for i, hot in enumerate(changes):
             if not hot:
@@ -99,10 +99,10 @@ class Grammars:
         pieces: list[Piece] = []
         done = 0
         for first, stop in windows:
-            pieces += [Piece(i, i + 1, words[i], False) for i in range(done, first)]
+            pieces += _spoken(words, done, first)
             pieces += self._tagged(words[first:stop], first)
             done = stop
-        return pieces + [Piece(i, i + 1, words[i], False) for i in range(done, len(words))]
+        return pieces + _spoken(words, done, len(words))
 
     def _changes(self, word: str) -> bool:
         """Whether the grammars rewrite this word on its own (remembered: speech repeats its words)."""
@@ -117,7 +117,7 @@ class Grammars:
         """The words through the tagger as one text (word indices from `offset`). A token that leaves a number
         partly in words is tagged again without its first word (which stays as spoken), until its number is
         whole or nothing is left to try."""
-        unchanged = [Piece(offset + i, offset + i + 1, w, False) for i, w in enumerate(words)]
+        unchanged = _spoken(words, 0, len(words), offset)
         if not words:
             return []
         arcs = _best_path(self.tagger, [ord(ch) for ch in " ".join(words)])
@@ -137,10 +137,8 @@ class Grammars:
             written = self._verbalize(serialized, fields)
             if written is None:  # the verbaliser takes none of its orders: the words stay as spoken
                 pieces += unchanged[first:stop]
-            elif _HALF_DONE.search(written) and stop - first > 1:
+            elif _HALF_DONE.search(written):  # tagged again without its first word, which stays as spoken
                 pieces += [unchanged[first], *self._tagged(words[first + 1 : stop], offset + first + 1)]
-            elif _HALF_DONE.search(written):
-                pieces += unchanged[first:stop]
             else:
                 pieces.append(Piece(offset + first, offset + stop, written, written != spoken))
         return pieces
@@ -153,6 +151,11 @@ class Grammars:
             if arcs is not None:
                 return re.sub(" +", " ", bytes(o for _, o in arcs if o).decode("utf-8")).strip()
         return None
+
+
+def _spoken(words: Sequence[str], first: int, stop: int, offset: int = 0) -> list[Piece]:
+    """Words [first, stop) left as they were, one piece each (indices from `offset`)."""
+    return [Piece(offset + i, offset + i + 1, words[i], False) for i in range(first, stop)]
 
 
 def _best_path(fst: Any, labels: list[int]) -> list[tuple[int, int]] | None:
@@ -301,6 +304,10 @@ class Writing:
     async def transcript_async(self, transcript: Transcript) -> Transcript:
         """As transcript(), in a worker thread: hours of text take seconds, which the event loop must not wait."""
         return await anyio.to_thread.run_sync(self.transcript, transcript)
+
+    async def text_async(self, text: str) -> str:
+        """As text(), in a worker thread."""
+        return await anyio.to_thread.run_sync(self.text, text)
 
 
 def _digits(text: str, digits: str) -> str:
