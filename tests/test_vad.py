@@ -159,6 +159,48 @@ def test_a_sentence_longer_than_the_target_is_not_cut() -> None:
     assert [round(s.samples.shape[0] / RATE, 1) for s in segments] == [3.5, 12.5, 3.5]
 
 
+def loud_with_pauses(layout: list[tuple[float, float]], seed: int = 0) -> npt.NDArray[np.float32]:
+    """Noise from (seconds, level) runs: speech-loud stretches and quieter pauses, as babble under a speaker."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([level * rng.standard_normal(round(s * RATE)).astype(np.float32) for s, level in layout])
+
+
+def test_a_region_heard_through_its_pauses_is_cut_in_them() -> None:
+    # babble under a speaker: the VAD hears 40 s of speech, but ten 0.5-s stretches 20 dB quieter (the speaker's
+    # pauses) lie in it. With segments of typically 4 s the region is cut in the middle of every pause and the
+    # pieces share segments within 4 s; nothing is left out.
+    layout = [(3.5, 0.3), (0.5, 0.03)] * 10
+    audio = loud_with_pauses(layout)
+    speech_map = SpeechMap(probs_of([(40, 0.95)])[: -(-audio.shape[0] // WINDOW)], WINDOW, RATE)
+    segments = split_speech(audio, speech_map, 30 * RATE, 0.25, target_samples=4 * RATE)
+    cuts = [s.start / RATE for s in segments[1:]]
+    assert cuts == pytest.approx([3.75 + 4 * k for k in range(9)], abs=0.03)
+    assert [s.start + s.samples.shape[0] for s in segments[:-1]] == [s.start for s in segments[1:]]
+    assert segments[0].start == 0 and segments[-1].start + segments[-1].samples.shape[0] == audio.shape[0]
+    # without a target (ASR_SEGMENT_TARGET=off) the region is cut only where a segment must end
+    assert len(split_speech(audio, speech_map, 30 * RATE, 0.25)) == 2
+
+
+def test_a_stretch_of_background_alone_is_not_a_segment() -> None:
+    # as above, with a 6-s stretch of babble alone (10 dB under the speaker, a long pause of his) in the middle:
+    # sent alone, its level normalised, the model would hear words in it; it is cut once, in its middle
+    layout = [(3.5, 0.3), (0.5, 0.03)] * 4 + [(6, 0.1), (0.5, 0.03)] + [(3.5, 0.3), (0.5, 0.03)] * 4
+    audio = loud_with_pauses(layout)
+    speech_map = SpeechMap(probs_of([(46, 0.95)])[: -(-audio.shape[0] // WINDOW)], WINDOW, RATE)
+    segments = split_speech(audio, speech_map, 30 * RATE, 0.25, target_samples=4 * RATE)
+    cuts = [s.start / RATE for s in segments[1:]]
+    assert cuts == pytest.approx([3.75, 7.75, 11.75, 19.0, 26.25, 30.25, 34.25], abs=0.03)
+
+
+def test_only_a_region_longer_than_twice_the_target_is_cut_at_its_pauses() -> None:
+    # a 7.5-s sentence with a 0.5-s pause inside (shorter than twice the 4-s target) stays whole: a sentence's
+    # inner pauses are not where the model wants it cut; a region without quiet stretches stays whole too
+    audio = loud_with_pauses([(3.5, 0.3), (0.5, 0.03), (3.5, 0.3), (3, 0.03), (12, 0.3), (3, 0.03), (12, 0.3)])
+    probs = probs_of([(7.5, 0.95), (3, 0.02), (12, 0.95), (3, 0.02), (12, 0.95)])
+    segments = split_speech(audio, SpeechMap(probs, WINDOW, RATE), 30 * RATE, 0.25, target_samples=4 * RATE)
+    assert [round(s.samples.shape[0] / RATE, 1) for s in segments] == [7.7, 12.5, 12.2]
+
+
 def test_audio_within_one_segment_is_never_cut_whatever_the_target() -> None:
     probs = probs_of([(3, 0.95), (0.5, 0.02)] * 8)  # 28 s: within ASR_SEGMENT_S = 30 s
     audio = np.zeros(probs.shape[0] * WINDOW, np.float32)
@@ -240,6 +282,23 @@ def test_real_speech_is_cut_between_sentences_and_the_gap_skipped(vad: SileroVAD
     assert sent < 1.0 * RATE
     spoken = sum(hi - lo for lo, hi in spans) / RATE
     assert spoken * 0.9 < speech_map.speech_s() < spoken * 1.15
+
+
+@needs_speech
+def test_real_speech_under_babble_is_cut_between_sentences(vad: SileroVAD) -> None:
+    # other voices 10 dB under the sentences: the VAD hears speech throughout, yet with the model's 4-s target
+    # every cut falls between sentences and no segment holds more than two of them
+    audio, spans = sentences_with_gaps(lambda n: np.zeros(n // 20, np.float32))
+    voices = [speech.hindi(text) for text in reversed(speech.SENTENCES)]
+    babble = aug.noise("babble", audio.shape[0], np.random.default_rng(5), voices)
+    mixed = aug.add_noise(audio, babble, 10.0)
+    segments, speech_map = cut_by_speech(mixed, RATE, 30 * RATE, 0.25, vad, target_samples=4 * RATE)
+    assert len(speech_map.regions) <= 2  # heard as (nearly) one stretch of speech
+    edges = [e for s in segments for e in (s.start, s.start + s.samples.shape[0])]
+    assert not [e for e in edges for lo, hi in spans if lo < e < hi]
+    for lo, hi in spans:
+        assert sum(s.start <= lo and hi <= s.start + s.samples.shape[0] for s in segments) == 1
+    assert max(sum(s.start <= lo and hi <= s.start + s.samples.shape[0] for lo, hi in spans) for s in segments) <= 2
 
 
 @pytest.mark.parametrize("piece", [100, 512, 4000])

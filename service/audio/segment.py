@@ -6,8 +6,9 @@ of two ways (ASR_SEGMENTER):
   widened by `pad_s` on each side, become segments; regions closer than MERGE_GAP_S share a segment while it
   stays within a typical training utterance of the model (a model hears a segment of several utterances in
   different voices worse than each alone: docs/accuracy.md); what lies between segments (silence, music, noise)
-  is not sent to the model. A region longer than a segment is cut at its least speech-like window within the
-  last quarter of each segment.
+  is not sent to the model. A region longer than twice that utterance (in babble the VAD hears speech
+  throughout) is first cut in the middle of its pauses heard by energy (as `split` finds them). A region
+  still longer than a segment is cut at its least speech-like window within the last quarter of each segment.
 - `split` (energy): at the centre of every pause of at least `min_pause_s` (a run of 20-ms windows whose
   energy is near the recording's own floor); a stretch still longer than a segment (speech with no pause) is
   cut at its quietest window within the last quarter of each segment. Nothing is skipped.
@@ -46,6 +47,16 @@ MIN_SPEECH_S = 0.25  # shorter regions are dropped (clicks, coughs)
 SMOOTH_WINDOWS = 9
 PROB_FLOOR = 0.05
 MERGE_GAP_S = 1.0  # regions (padded) at most this far apart share a segment: context for the model
+# A region longer than LONG_REGION x the target is cut at pauses of at least PAUSE_IN_REGION_S whose energy is near
+# the recording's floor (pause_centres): the speaker's own pauses under babble the VAD hears as speech. Shorter
+# regions are single sentences in every benchmark mix; cutting them at their inner pauses costs accuracy
+# (docs/accuracy.md, "Long recordings").
+LONG_REGION = 2.0
+PAUSE_IN_REGION_S = 0.3
+# A piece between two such pauses whose mean energy is below BACKGROUND x the median piece's of its region holds
+# only the babble (a long pause of the speaker): sent alone, its level normalised, the model hears words in it.
+# It is not cut out: its two cuts become one in its middle, as a long pause between sentences is.
+BACKGROUND = 0.5
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,9 @@ def split_speech(
     `target_samples` (a typical training utterance of the model; 0: none) shapes the segments like what the model
     was trained on: regions share a segment while it stays within the target, ending in the middle of a pause
     where the padding of its two sides would overlap. A region longer than the target stays whole (a cut would
-    fall inside speech) up to `max_samples`. Without a target, regions share a segment up to `max_samples`."""
+    fall inside speech) up to `max_samples`, unless it is longer than LONG_REGION x the target and holds pauses
+    heard by energy: then it is cut in their middle. Without a target, regions share a segment up to
+    `max_samples`."""
     if max_samples <= 0:
         raise ValueError("max_samples must be positive")
     total = samples.shape[0]
@@ -121,7 +134,7 @@ def split_speech(
         return [Segment(0, samples, speech.no_speech_prob(0, total))]
     target = min(target_samples or max_samples, max_samples)
     pad, gap = round(pad_s * speech.rate), round(MERGE_GAP_S * speech.rate)
-    regions = speech.regions
+    regions = _cut_at_pauses(samples, speech, target_samples) if target_samples else speech.regions
     padded = [[max(0, lo - pad), min(total, hi + pad)] for lo, hi in regions]
     for k in range(1, len(padded)):
         if padded[k][0] < padded[k - 1][1]:  # the padding of a short pause's two sides overlaps: meet halfway
@@ -140,6 +153,48 @@ def split_speech(
         else:
             bounds.append((lo, hi))
     return [Segment(lo, samples[lo:hi], speech.no_speech_prob(lo, hi)) for lo, hi in bounds]
+
+
+def _cut_at_pauses(samples: Samples, speech: SpeechMap, target: int) -> list[tuple[int, int]]:
+    """The VAD's regions, those longer than LONG_REGION x `target` cut at the centre of their pauses of at least
+    PAUSE_IN_REGION_S (two pieces of one region touch: padding then meets at the cut), except around background."""
+    regions = speech.regions
+    longest = LONG_REGION * target
+    if not any(hi - lo > longest for lo, hi in regions):
+        return regions  # the common case: the recording is not read again
+    frame = max(1, int(FRAME_S * speech.rate))
+    energy = frame_energy(samples, frame)
+    centres = np.asarray(quiet_centres(energy, frame, max(1, round(PAUSE_IN_REGION_S / FRAME_S))), np.int64)
+    pieces: list[tuple[int, int]] = []
+    for lo, hi in regions:
+        inside = centres[(centres > lo) & (centres < hi)] if hi - lo > longest else centres[:0]
+        edges = _around_background([lo, *(int(c) for c in inside), hi], energy, frame)
+        pieces += itertools.pairwise(edges)
+    return pieces
+
+
+def _around_background(edges: list[int], energy: npt.NDArray[np.float64], frame: int) -> list[int]:
+    """`edges` (a region's start, its cuts, its end) without the cuts around background pieces: a run of them
+    between two pieces of speech is cut once, in its middle; at the region's start or end it joins its neighbour."""
+    levels = []
+    for lo, hi in itertools.pairwise(edges):
+        inside = energy[lo // frame : max(lo // frame + 1, hi // frame)]
+        levels.append(float(inside.mean()) if inside.size else 0.0)
+    floor = BACKGROUND * float(np.median(levels))
+    kept, i = [edges[0]], 0
+    while i < len(levels):
+        if levels[i] >= floor:
+            if i > 0 and levels[i - 1] >= floor:
+                kept.append(edges[i])
+            i += 1
+            continue
+        j = i
+        while j < len(levels) and levels[j] < floor:
+            j += 1
+        if i > 0 and j < len(levels):
+            kept.append((edges[i] + edges[j]) // 2)
+        i = j
+    return [*kept, edges[-1]]
 
 
 def _least_speech_point(samples: Samples, speech: SpeechMap, start: int, max_samples: int) -> int:
@@ -236,7 +291,11 @@ def frame_energy(samples: Samples, frame: int) -> npt.NDArray[np.float64]:
 
 def pause_centres(samples: Samples, frame: int, min_frames: int) -> list[int]:
     """Sample index of the centre of every run of at least `min_frames` quiet windows (ends excluded)."""
-    energy = frame_energy(samples, frame)
+    return quiet_centres(frame_energy(samples, frame), frame, min_frames)
+
+
+def quiet_centres(energy: npt.NDArray[np.float64], frame: int, min_frames: int) -> list[int]:
+    """pause_centres() from the energy of every `frame` of the recording."""
     if energy.size == 0:
         return []
     threshold = max(ABSOLUTE_QUIET, FLOOR_FACTOR * float(np.percentile(energy, FLOOR_PERCENTILE)))
