@@ -1,11 +1,11 @@
 """How far the long-audio benchmark's reference moves when its cuts move: the per-sentence WER of
 benchmarks/long_audio.py (each sentence sent alone, cut in the middle of the pauses around it) again with every
-cut moved by its own random amount within +-0.1 s, for several seeds, against the long file's WER that
+cut moved by its own random amount within +-0.1 s, for several seeds, against file 0's long WER that
 benchmarks/results/long_audio.md holds.
 
     python benchmarks/cut_jitter.py [--seeds 5]
 
-The same file, mixes, demo model and server settings as benchmarks/long_audio.py. Writes
+The same file (long_audio.py's file 0), mixes, demo model and server settings as benchmarks/long_audio.py. Writes
 benchmarks/results/cut_jitter.md.
 """
 
@@ -81,11 +81,11 @@ def main() -> None:
     lines = [
         f"# The per-sentence reference under moved cuts ({time.strftime('%Y-%m-%d')})",
         "",
-        f"`python benchmarks/cut_jitter.py`: benchmarks/long_audio.py's file ({len(texts)} sentences, 10 minutes) "
+        f"`python benchmarks/cut_jitter.py`: benchmarks/long_audio.py's file 0 ({len(texts)} sentences, 10 minutes) "
         f"and mixes, each sentence sent alone to the demo model (`bentoml serve`; {cpu_name()}, {os.cpu_count()} "
         f"cores): cut in the middle of the pauses around it (as long_audio.py does), then with every cut moved by "
-        f"its own random amount within +-{JITTER_S:g} s, {args.seeds} seeds. Long: the long file's WER with "
-        "ASR_SEGMENT_TARGET=model from benchmarks/results/long_audio.md.",
+        f"its own random amount within +-{JITTER_S:g} s, {args.seeds} seeds. Long: file 0's long WER with "
+        "ASR_SEGMENT_TARGET=model from benchmarks/results/long_audio.md (its table of each file alone).",
         "",
         "| audio | per sentence, mid-pause cuts | moved cuts: mean | sd | min | max | long | long - mean |",
         "|---|---|---|---|---|---|---|---|",
