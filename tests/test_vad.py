@@ -219,14 +219,17 @@ def test_no_speech_at_all_is_no_segment() -> None:
     st.floats(1, 30),
     st.floats(0, 1),
     st.floats(0, 30),
+    st.lists(st.sampled_from([0.0, 0.03, 0.3]), min_size=1, max_size=40),
 )
 def test_segments_hold_all_speech_in_order_within_the_limit(
-    runs: list[tuple[float, float]], segment_s: float, pad_s: float, target_s: float
+    runs: list[tuple[float, float]], segment_s: float, pad_s: float, target_s: float, levels: list[float]
 ) -> None:
     probs = probs_of(runs)
     if probs.size == 0:
         return
-    audio = np.zeros(probs.shape[0] * WINDOW, np.float32)
+    # loud and quiet stretches of 0.4 s (pauses inside long regions to cut at, background stretches), repeated
+    loudness = np.resize(np.repeat(np.asarray(levels, np.float32), round(0.4 * RATE)), probs.shape[0] * WINDOW)
+    audio = loudness * np.random.default_rng(0).standard_normal(loudness.shape[0]).astype(np.float32)
     speech_map = SpeechMap(probs, WINDOW, RATE)
     segments = split_speech(audio, speech_map, int(segment_s * RATE), pad_s, int(target_s * RATE))
     bounds = [(s.start, s.start + s.samples.shape[0]) for s in segments]
