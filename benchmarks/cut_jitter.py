@@ -29,9 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import transcribe_each  # noqa: E402
-from benchmarks.long_audio import RATE, RESULTS, export_demo, long_file  # noqa: E402
-from benchmarks.vad import NOISES, SNRS, Audio  # noqa: E402
-from demo import augment as aug  # noqa: E402
+from benchmarks.long_audio import RATE, RESULTS, export_demo, file_mixes  # noqa: E402
+from benchmarks.vad import Audio  # noqa: E402
 from demo.metrics import wer  # noqa: E402
 from export.variants import cpu_name  # noqa: E402
 from tests.audio_files import encode  # noqa: E402
@@ -67,14 +66,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="asr-cut-jitter-"))
     os.environ["BENTOML_HOME"] = str(home)
     tag, _ = export_demo(home)
-    clean, texts, spans, voices = long_file(10.0)
-    rng = np.random.default_rng(1)  # the mixes of benchmarks/long_audio.py, drawn in the same order
-    mixes: dict[str, Audio] = {"clean": clean}
-    mixes |= {
-        f"{kind} {snr:g} dB": aug.add_noise(clean, aug.noise(kind, clean.shape[0], rng, voices), snr)
-        for kind in NOISES
-        for snr in SNRS
-    }
+    texts, spans, mixes = file_mixes(10.0)
     long = long_wers()
     env = {"ASR_MODEL": tag, "ASR_DEVICE": "cpu", "ASR_SEGMENTER": "vad", "ASR_TIMEOUT_S": "1200"}
     env["BENTOML_HOME"] = str(home)

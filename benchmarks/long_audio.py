@@ -78,6 +78,21 @@ def long_file(
     return audio, texts, spans, [speak(s) for s in sentences[-10:]]
 
 
+def file_mixes(
+    minutes: float, seed: int = 0, variants: bool = False
+) -> tuple[list[str], list[tuple[int, int]], dict[str, Audio]]:
+    """File `seed`'s sentences, their spoken spans, and its audio by name: "clean" and each mix ("pink 20 dB")."""
+    clean, texts, spans, voices = long_file(minutes, seed, variants)
+    rng = np.random.default_rng(1 + seed)
+    mixes = {"clean": clean}
+    mixes |= {
+        f"{kind} {snr:g} dB": aug.add_noise(clean, aug.noise(kind, clean.shape[0], rng, voices), snr)
+        for kind in NOISES
+        for snr in SNRS
+    }
+    return texts, spans, mixes
+
+
 def export_demo(home: Path) -> tuple[str, dict[str, Any]]:
     """The demo model in a store of its own; its tag and manifest's `training`."""
     checkpoint = ROOT / "demo" / "stt_hi_demo_conformer_ctc.nemo"
@@ -109,18 +124,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="asr-long-audio-"))
     os.environ["BENTOML_HOME"] = str(home)
     tag, training = export_demo(home)
-    files: list[tuple[list[str], list[tuple[int, int]], dict[str, Audio]]] = []
-    for seed in range(args.seeds):
-        clean, texts, spans, voices = long_file(args.minutes, seed, args.variants)
-        print(f"seed {seed}: {clean.shape[0] / RATE / 60:.1f} min, {len(texts)} sentences", file=sys.stderr)
-        rng = np.random.default_rng(1 + seed)
-        mixes = {"clean": clean}
-        mixes |= {
-            f"{kind} {snr:g} dB": aug.add_noise(clean, aug.noise(kind, clean.shape[0], rng, voices), snr)
-            for kind in NOISES
-            for snr in SNRS
-        }
-        files.append((texts, spans, mixes))
+    files = [file_mixes(args.minutes, seed, args.variants) for seed in range(args.seeds)]
+    for seed, (texts, _, mixes) in enumerate(files):
+        print(f"seed {seed}: {mixes['clean'].shape[0] / RATE / 60:.1f} min, {len(texts)} sentences", file=sys.stderr)
     # results[audio][seed]: "sentences" (hypotheses), and per target its answer's text and segment facts
     results: dict[str, list[dict[str, Any]]] = {audio: [{} for _ in files] for audio in files[0][2]}
     for target in targets:
@@ -177,7 +183,7 @@ def write(summary: dict[str, dict[str, Any]], training: dict[str, Any], files: l
         if training
         else "not recorded"
     )
-    minutes = [next(iter(mixes.values())).shape[0] / RATE / 60 for _, _, mixes in files]
+    minutes = [mixes["clean"].shape[0] / RATE / 60 for _, _, mixes in files]
     lines = [
         f"# Long recordings against their sentences ({time.strftime('%Y-%m-%d')})",
         "",
