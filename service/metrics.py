@@ -28,7 +28,8 @@ SPEECH_SECONDS = bentoml.metrics.Counter(
 )
 SENT_SECONDS = bentoml.metrics.Counter(
     name="asr_sent_seconds",
-    documentation="seconds of that audio sent to the model (the VAD leaves out what lies between segments)",
+    documentation="seconds of that audio sent to the model (the VAD leaves out what lies between segments; "
+    "a long segment heard again in pieces counts twice)",
     labelnames=["model"],
 )
 PROCESSING_SECONDS = bentoml.metrics.Histogram(

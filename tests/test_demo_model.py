@@ -16,7 +16,7 @@ import soundfile as sf
 
 from demo import augment
 from demo.metrics import align_words, cer, roc_auc, wer
-from demo.speech import RATE, Span, speak, spoken_words
+from demo.speech import RATE, Span, Voice, speak, spoken_words, trim
 from demo.text import read_heldout
 from tests import speech
 from tests.audio_files import ENCODINGS, encode
@@ -285,6 +285,60 @@ def test_long_audio_loses_no_words(server: Server, demo: Exported) -> None:
     lengths = [s["end"] - s["start"] for s in body["segments"]]
     longest_sentence = max(speak(s).size for s in set(sentences)) / RATE
     assert max(lengths) <= max(training.typical_s, longest_sentence) + 2.0
+
+
+def test_a_long_segment_in_babble_is_heard_again_in_pieces(server: Server, demo: Exported) -> None:
+    """Other voices 5 dB under held-out sentences (each at its own speed and pitch, 0.5 s apart): the VAD hears
+    speech throughout and few pauses stand out of the babble, so the first cut leaves segments of several
+    sentences. Each one longer than twice the model's typical utterance is heard again, cut at its words' longest
+    gaps, and its pieces replace it where their words are surer. So the answer's segments are the first cut's, or
+    pieces that tile a long one of them and whose words are surer than its own; and each says what the model
+    says of its audio alone."""
+    from service.audio.segment import cut_by_speech
+    from service.audio.vad import SileroVAD
+    from service.catalog import segment_samples
+
+    training = demo.manifest.training
+    assert training is not None
+    rng = random.Random(7)
+    parts = []
+    for sentence in HELDOUT[:30]:
+        voice = Voice(speed=rng.randint(130, 210), pitch=rng.randint(25, 75))
+        parts += [trim(speak(sentence, voice)), np.zeros(RATE // 2, np.float32)]
+    clean = np.concatenate(parts)
+    babble = augment.noise("babble", clean.shape[0], np.random.default_rng(7), [speak(t) for t in HELDOUT[-10:]])
+    mix = augment.add_noise(clean, babble, 5.0).astype(np.float32)
+    body = transcribe(server, mix, timestamps="true").json()
+    target = round(training.typical_s * RATE)
+    first, _ = cut_by_speech(mix, RATE, segment_samples(demo.manifest, 30.0), 0.25, SileroVAD(), target_samples=target)
+    answer = [(s["start"], s["end"]) for s in body["segments"]]
+
+    def seconds(lo: int, hi: int) -> tuple[float, float]:
+        return round(lo / RATE, 3), min(round(hi / RATE, 3), body["duration_s"])
+
+    def confidence(words: list[dict]) -> float:  # type: ignore[type-arg]
+        return float(np.mean([w["confidence"] for w in words])) if words else 0.0
+
+    replaced, i = 0, 0
+    for segment in first:
+        lo, hi = segment.start, segment.start + segment.samples.shape[0]
+        start, end = seconds(lo, hi)
+        if answer[i] == (start, end):
+            i += 1
+            continue
+        j = i
+        while answer[j][1] < end:
+            assert answer[j + 1][0] == answer[j][1]  # pieces touch: together they are the segment
+            j += 1
+        assert answer[i][0] == start and answer[j][1] == end and j > i and hi - lo > 2 * target
+        alone = transcribe(server, mix[lo:hi], timestamps="true").json()
+        pieces = [w for w in body["words"] if start <= w["start"] and w["end"] <= end]
+        assert confidence(pieces) > confidence(alone["words"])
+        replaced, i = replaced + 1, j + 1
+    assert i == len(answer) and replaced >= 1
+    for segment, (start, end) in zip(body["segments"], answer, strict=True):
+        lo, hi = round(start * RATE), round(end * RATE)
+        assert transcribe(server, mix[lo:hi]).json()["text"].strip() == segment["text"].strip()
 
 
 @pytest.mark.parametrize(

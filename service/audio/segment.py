@@ -9,6 +9,8 @@ of two ways (ASR_SEGMENTER):
   is not sent to the model. A region longer than twice that utterance (in babble the VAD hears speech
   throughout) is first cut in the middle of its pauses heard by energy (as `split` finds them). A region
   still longer than a segment is cut at its least speech-like window within the last quarter of each segment.
+  A segment still longer than twice the utterance is heard again in pieces cut where the model's own words
+  pause (split_at_gaps; service/pipeline/rehear.py).
 - `split` (energy): at the centre of every pause of at least `min_pause_s` (a run of 20-ms windows whose
   energy is near the recording's own floor); a stretch still longer than a segment (speech with no pause) is
   cut at its quietest window within the last quarter of each segment. Nothing is skipped.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -195,6 +197,25 @@ def _around_background(edges: list[int], energy: npt.NDArray[np.float64], frame:
             kept.append((edges[i] + edges[j]) // 2)
         i = j
     return [*kept, edges[-1]]
+
+
+def split_at_gaps(start: int, end: int, gaps: Sequence[tuple[int, int]], target: int, edge: int) -> list[int]:
+    """Cuts (samples, ascending) that leave [start, end) in pieces within `target` where they can: each at the
+    centre of the longest of `gaps` ([from, to) samples: silences between words) in a piece still longer than the
+    target, at least `edge` from that piece's ends. A piece without such a gap stays whole."""
+    cuts: list[int] = []
+    todo = [(start, end)]
+    while todo:
+        lo, hi = todo.pop()
+        if hi - lo <= target:
+            continue
+        inside = [(b - a, (a + b) // 2) for a, b in gaps if lo + edge <= (a + b) // 2 <= hi - edge]
+        if not inside:
+            continue
+        cut = max(inside)[1]
+        cuts.append(cut)
+        todo += [(lo, cut), (cut, hi)]
+    return sorted(cuts)
 
 
 def _least_speech_point(samples: Samples, speech: SpeechMap, start: int, max_samples: int) -> int:

@@ -24,10 +24,11 @@ from service.catalog import ServedModel, target_samples
 from service.errors import AudioTooShort, Overloaded, RecognizerUnavailable
 from service.pipeline.client import Recognition, RecognizerBusy, RecognizerGone
 from service.pipeline.policy import GREEDY
+from service.pipeline.rehear import rehear
 from service.pipeline.threads import CpuThreads
 from service.recognition.beam import BeamPool, BeamText, Decoding
 from service.recognition.recognizer import SegmentResult
-from service.recognition.transcript import Transcript, assemble
+from service.recognition.transcript import TimedWord, Transcript, assemble, timed_words
 
 log = logging.getLogger("asr")
 
@@ -40,6 +41,17 @@ class FileSettings:
     min_pause_s: float = 0.3  # energy: cut at pauses at least this long
     beam_width: int = 0  # beam search's width; 0: the model's own
     segment_target: str = "model"  # vad: how long segments of speech regions grow (ASR_SEGMENT_TARGET)
+
+
+def _checked(raw: list[Any], decoding: Decoding) -> list[Any]:
+    """Greedy results as SegmentResult (beam search's BeamText as they are); 503 when the model failed on one."""
+    if decoding.beam:
+        return raw
+    results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
+    failed = next((r.error for r in results if r.error), "")
+    if failed:
+        raise RecognizerUnavailable(f"{failed}; retry shortly")
+    return results
 
 
 def _close(data: Upload) -> None:
@@ -86,6 +98,7 @@ class FileTranscription:
             _close(data)
             raise
         manifest, rate = served.manifest, served.manifest.sample_rate
+        target = target_samples(served, self.settings.segment_target)
         started = time.monotonic()
         stop = threading.Event()
         hearing = None  # the VAD's pass over audio of one segment, run while the model recognises it
@@ -101,7 +114,7 @@ class FileTranscription:
                     f"audio lasts {decoded.duration_s * 1000:.1f} ms, less than one model step ({shift_ms:g} ms)"
                 )
             total = decoded.samples.shape[0]
-            speech_s = None
+            speech_s, speech = None, None
             if self.vad is None:
                 segments = split(decoded.samples, served.segment_samples, rate, self.settings.min_pause_s)
             elif total <= served.segment_samples:
@@ -118,10 +131,27 @@ class FileTranscription:
                     self.settings.vad_pad_s,
                     self.vad,
                     stop.is_set,
-                    target_samples(served, self.settings.segment_target),
+                    target,
                 )
                 speech_s = round(speech.speech_s(), 3)
-            raw = await self._recognize(served, [s.samples for s in segments], decoding, progress)
+            results = _checked(
+                await self._recognize(served, [s.samples for s in segments], decoding, progress), decoding
+            )
+            sent_s = sum(s.samples.shape[0] for s in segments) / rate
+            if speech is not None and target:
+                first = len(segments)
+
+                def words_of(segment: Segment, result: Any) -> list[TimedWord]:
+                    start_s, end_s = segment.start / rate, (segment.start + segment.samples.shape[0]) / rate
+                    return timed_words(result, served.detok, manifest.frame_shift_s, start_s, end_s)
+
+                async def again(items: list[Samples]) -> list[Any]:
+                    nonlocal sent_s
+                    sent_s += sum(item.shape[0] for item in items) / rate
+                    shifted = None if progress is None else lambda done, n: progress(first + done, first + n)
+                    return _checked(await self._recognize(served, items, decoding, shifted), decoding)
+
+                segments, results = await rehear(decoded.samples, segments, results, speech, target, words_of, again)
             if hearing is not None:
                 speech = await hearing
                 segments = [Segment(0, decoded.samples, speech.no_speech_prob(0, total))]
@@ -131,19 +161,12 @@ class FileTranscription:
             if hearing is not None:
                 hearing.cancel()
             raise
-        if decoding.beam:
-            results: list[Any] = raw
-        else:
-            results = [r if isinstance(r, SegmentResult) else SegmentResult.model_validate(r) for r in raw]
-            failed = next((r.error for r in results if r.error), "")
-            if failed:
-                raise RecognizerUnavailable(f"{failed}; retry shortly")
         transcript = assemble(
             segments, results, served.detok, manifest.frame_shift_s, rate, decoded.duration_s, total, speech_s
         )
         elapsed = time.monotonic() - started
         metrics.AUDIO_SECONDS.labels(model=served.name).inc(decoded.duration_s)
-        metrics.SENT_SECONDS.labels(model=served.name).inc(sum(s.samples.shape[0] for s in segments) / rate)
+        metrics.SENT_SECONDS.labels(model=served.name).inc(sent_s)
         if speech_s is not None:
             metrics.SPEECH_SECONDS.labels(model=served.name).inc(speech_s)
         metrics.PROCESSING_SECONDS.labels(model=served.name).observe(elapsed)

@@ -99,6 +99,15 @@ def beam_words(result: BeamText, frame_shift_s: float, offset_s: float, end_s: f
     return words
 
 
+def timed_words(
+    result: SegmentResult | BeamText, detok: Detokenizer, frame_shift_s: float, offset_s: float, end_s: float
+) -> list[TimedWord]:
+    """A segment's words, greedy or beam search's, timed in the whole audio (the segment starts at `offset_s`)."""
+    if isinstance(result, BeamText):
+        return beam_words(result, frame_shift_s, offset_s, end_s)
+    return segment_words(result, detok, frame_shift_s, offset_s, end_s)
+
+
 def assemble(
     segments: Sequence[Segment],
     results: Sequence[SegmentResult | BeamText],
@@ -122,15 +131,12 @@ def assemble(
         reaches_end = (stop == total) if total is not None else (seg is segments[-1])
         if reaches_end:
             end = duration_s
+        words = timed_words(res, detok, frame_shift_s, start, end)
         if isinstance(res, BeamText):  # beam search: its words' confidences, no token ids
-            text, words, token_ids = res.text, beam_words(res, frame_shift_s, start, end), []
+            text, token_ids = res.text, []
             logs = [math.log(max(w.confidence, 1e-12)) for w in words]
         else:
-            text, words, token_ids = (
-                detok.text(res.token_ids),
-                segment_words(res, detok, frame_shift_s, start, end),
-                res.token_ids,
-            )
+            text, token_ids = detok.text(res.token_ids), res.token_ids
             logs = [math.log(max(p, 1e-12)) for p in res.probability]
         parts.append(
             SegmentText(
