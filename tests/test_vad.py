@@ -159,6 +159,21 @@ def test_a_sentence_longer_than_the_target_is_not_cut() -> None:
     assert [round(s.samples.shape[0] / RATE, 1) for s in segments] == [3.5, 12.5, 3.5]
 
 
+def test_regions_a_breath_apart_share_a_segment_up_to_twice_the_target() -> None:
+    # the VAD parts a 5.7-s sentence at a 0.15-s breath: with a 4-s target it is one segment (up to 8 s); parted
+    # by 0.3 s (as sentences are) the two halves are two, longer together than the target; and a breath does
+    # not join what would pass twice the target (5 s and 4 s)
+    def lengths(layout: list[tuple[float, float]]) -> list[float]:
+        probs = probs_of([(1, 0.02), *layout, (1, 0.02), (3, 0.95), (6, 0.02)])
+        audio = np.zeros(probs.shape[0] * WINDOW, np.float32)
+        segments = split_speech(audio, SpeechMap(probs, WINDOW, RATE), 10 * RATE, 0.25, target_samples=4 * RATE)
+        return [round(s.samples.shape[0] / RATE, 1) for s in segments]
+
+    assert lengths([(3, 0.95), (0.15, 0.02), (2.5, 0.95)]) == [6.2, 3.5]
+    assert lengths([(3, 0.95), (0.3, 0.02), (2.5, 0.95)]) == [3.4, 2.9, 3.5]
+    assert lengths([(5, 0.95), (0.15, 0.02), (4, 0.95)]) == [5.3, 4.3, 3.5]
+
+
 def loud_with_pauses(layout: list[tuple[float, float]], seed: int = 0) -> npt.NDArray[np.float32]:
     """Noise from (seconds, level) runs: speech-loud stretches and quieter pauses, as babble under a speaker."""
     rng = np.random.default_rng(seed)

@@ -49,6 +49,11 @@ MIN_SPEECH_S = 0.25  # shorter regions are dropped (clicks, coughs)
 SMOOTH_WINDOWS = 9
 PROB_FLOOR = 0.05
 MERGE_GAP_S = 1.0  # regions (padded) at most this far apart share a segment: context for the model
+# Regions the VAD parts by less than BREATH_S (it ends one after 0.1 s below its threshold: a breath or a stop
+# within a sentence; between sentences the VAD's pauses are longer, even in noise, in all but a few per cent)
+# share a segment up to LONG_REGION x the target, not only the target: cut there, a sentence loses its context
+# (docs/accuracy.md, "Long recordings").
+BREATH_S = 0.2
 # A region longer than LONG_REGION x the target is cut at pauses of at least PAUSE_IN_REGION_S whose energy is near
 # the recording's floor (pause_centres): the speaker's own pauses under babble the VAD hears as speech. Shorter
 # regions are single sentences in every benchmark mix; cutting them at their inner pauses costs accuracy
@@ -141,16 +146,21 @@ def split_speech(
     for k in range(1, len(padded)):
         if padded[k][0] < padded[k - 1][1]:  # the padding of a short pause's two sides overlaps: meet halfway
             padded[k - 1][1] = padded[k][0] = (regions[k - 1][1] + regions[k][0]) // 2
-    pieces: list[tuple[int, int]] = []  # every padded region cut to at most a segment at its least speech-like point
-    for lo, hi in padded:
+    breath = round(BREATH_S * speech.rate) if target_samples else 0
+    # every padded region cut to at most a segment at its least speech-like point; each piece with the most its
+    # segment may grow to as it joins it: twice the target after a breath, else the target
+    pieces: list[tuple[int, int, int]] = []
+    for k, (lo, hi) in enumerate(padded):
+        after_breath = k > 0 and 0 < regions[k][0] - regions[k - 1][1] < breath
+        limit = min(max_samples, round(LONG_REGION * target)) if after_breath else target
         while hi - lo > max_samples:
             cut = _least_speech_point(samples, speech, lo, max_samples)
-            pieces.append((lo, cut))
-            lo = cut
-        pieces.append((lo, hi))
-    bounds: list[tuple[int, int]] = []  # near pieces share a segment while it stays within the target
-    for lo, hi in pieces:
-        if bounds and lo - bounds[-1][1] <= gap and hi - bounds[-1][0] <= target:
+            pieces.append((lo, cut, limit))
+            lo, limit = cut, target
+        pieces.append((lo, hi, limit))
+    bounds: list[tuple[int, int]] = []  # near pieces share a segment while it stays within the limit
+    for lo, hi, limit in pieces:
+        if bounds and lo - bounds[-1][1] <= gap and hi - bounds[-1][0] <= limit:
             bounds[-1] = (bounds[-1][0], hi)
         else:
             bounds.append((lo, hi))
