@@ -3,13 +3,13 @@
 Audio no longer than one segment is never cut (so its transcript is exactly NeMo's). Longer audio is cut one
 of two ways (ASR_SEGMENTER):
 - `split_speech` (vad): by the speech probability of every 32-ms window (service/audio/vad.py). Speech regions,
-  widened by `pad_s` on each side, become segments; regions closer than MERGE_GAP_S share a segment while it
-  stays within a typical training utterance of the model (a model hears a segment of several utterances in
-  different voices worse than each alone: docs/accuracy.md); what lies between segments (silence, music, noise)
-  is not sent to the model. A region longer than twice that utterance (in babble the VAD hears speech
-  throughout) is first cut in the middle of its pauses heard by energy (as `split` finds them). A region
-  still longer than a segment is cut at its least speech-like window within the last quarter of each segment.
-  A segment still longer than twice the utterance is heard again in pieces cut where the model's own words
+  widened by `pad_s` on each side, become segments; regions closer than MERGE_GAP_S share a segment while it stays
+  within a typical training utterance of the model (a model hears a segment of several utterances in different
+  voices worse than each alone: docs/accuracy.md), or twice that after a breath (BREATH_S); what lies between
+  segments (silence, music, noise) is not sent to the model. A region longer than twice that utterance (in babble
+  the VAD hears speech throughout) is first cut in the middle of its pauses heard by energy (as `split` finds them).
+  A region still longer than a segment is cut at its least speech-like window within the last quarter of each
+  segment. A segment still longer than twice the utterance is heard again in pieces cut where the model's own words
   pause (split_at_gaps; service/pipeline/rehear.py).
 - `split` (energy): at the centre of every pause of at least `min_pause_s` (a run of 20-ms windows whose
   energy is near the recording's own floor); a stretch still longer than a segment (speech with no pause) is
@@ -129,11 +129,11 @@ def split_speech(
     between them is left out. Audio no longer than one segment is one segment, whole.
 
     `target_samples` (a typical training utterance of the model; 0: none) shapes the segments like what the model
-    was trained on: regions share a segment while it stays within the target, ending in the middle of a pause
-    where the padding of its two sides would overlap. A region longer than the target stays whole (a cut would
-    fall inside speech) up to `max_samples`, unless it is longer than LONG_REGION x the target and holds pauses
-    heard by energy: then it is cut in their middle. Without a target, regions share a segment up to
-    `max_samples`."""
+    was trained on: regions share a segment while it stays within the target (twice the target when they are less
+    than BREATH_S apart), ending in the middle of a pause where the padding of its two sides would overlap. A region
+    longer than the target stays whole (a cut would fall inside speech) up to `max_samples`, unless it is longer
+    than LONG_REGION x the target and holds pauses heard by energy: then it is cut in their middle. Without a
+    target, regions share a segment up to `max_samples`."""
     if max_samples <= 0:
         raise ValueError("max_samples must be positive")
     total = samples.shape[0]
